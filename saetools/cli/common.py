@@ -1,0 +1,62 @@
+"""Options shared by several subcommands, and helpers to act on them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded SmolLM2-135M-Instruct), a local HF folder, or a Hugging Face id",
+    )
+    g.add_argument(
+        "--adapter",
+        default=None,
+        help="optional PEFT (LoRA) adapter folder applied on top of --model",
+    )
+    g.add_argument(
+        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)"
+    )
+    g.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights and activation dtype (default: float32)",
+    )
+    g.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="a Jinja chat template file, for models whose tokenizer has none",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def load_model_from_args(args):
+    from ..models import load_model
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    if getattr(args, "chat_template", None):
+        path = Path(args.chat_template)
+        if not path.is_file():
+            raise FileNotFoundError(f"chat template file {path} does not exist")
+        lm.tokenizer.chat_template = path.read_text()
+    return lm
+
+
+def check_output_path(path: str | None, what: str = "output") -> Path | None:
+    """Refuse an output path in a missing folder before any work starts."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.parent.exists():
+        raise FileNotFoundError(
+            f"cannot write {what} {p}: folder {p.parent} does not exist (create it first)"
+        )
+    if p.is_dir():
+        raise FileNotFoundError(f"cannot write {what} {p}: it is a folder")
+    return p

@@ -1,0 +1,271 @@
+"""DirectionSet: direction vectors per site, with metadata, saved as safetensors.
+
+A direction file is a plain safetensors file:
+
+* one float32 tensor per site, named by the site (``blocks.15.hook_resid_post``), shape ``[d_model]``
+  for a single direction or ``[k, d_model]`` for a k-dimensional basis. The **raw** vectors are
+  stored (for difference of means: mean misaligned minus mean aligned activation); unit vectors
+  are derived on use.
+* the header's ``__metadata__`` holds ``"format": "saetools.directions"`` and ``"saetools"``: a JSON
+  object with the format version, model id and fingerprint, d_model, method, aggregation, probe
+  set (name, sha256, split), counts, per-site statistics and the saetools version.
+
+See docs/file-format.md for the exact layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FORMAT_NAME = "saetools.directions"
+FORMAT_VERSION = 1
+
+
+class DirectionFileError(ValueError):
+    """A direction file is missing, corrupt, foreign, or does not fit the model."""
+
+
+@dataclass
+class DirectionSet:
+    """Raw direction vectors per site name, plus metadata (a JSON-serialisable dict)."""
+
+    vectors: dict[str, torch.Tensor]
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise DirectionFileError("a DirectionSet needs at least one site")
+        widths = set()
+        clean = {}
+        for name, v in self.vectors.items():
+            if not isinstance(v, torch.Tensor) or v.ndim not in (1, 2) or v.shape[-1] == 0:
+                raise DirectionFileError(
+                    f"direction at {name} must be a tensor [d] or [k, d], got {getattr(v, 'shape', type(v))}"
+                )
+            if not torch.isfinite(v).all():
+                raise DirectionFileError(f"direction at {name} contains NaN or infinite values")
+            widths.add(int(v.shape[-1]))
+            clean[name] = v.detach().to("cpu", torch.float32).contiguous()
+        if len(widths) != 1:
+            raise DirectionFileError(f"directions have different widths {sorted(widths)}")
+        self.vectors = clean
+        d = self.metadata.get("d_model")
+        if d is not None and int(d) != widths.pop():
+            raise DirectionFileError(
+                f"metadata says d_model {d} but vectors are {self.d_model} wide"
+            )
+
+    # ---------------------------------------------------------------- access
+    @property
+    def sites(self) -> list[str]:
+        """Site names in forward order (block, then resid_pre < attn_out < mlp_out < resid_post)."""
+        from .sites import _KIND_ORDER, _NAME_RE
+
+        def key(name: str):
+            m = _NAME_RE.match(name)
+            return (0, int(m.group(1)), _KIND_ORDER[m.group(3)], name) if m else (1, 0, 0, name)
+
+        return sorted(self.vectors, key=key)
+
+    @property
+    def d_model(self) -> int:
+        return int(next(iter(self.vectors.values())).shape[-1])
+
+    def __contains__(self, site: object) -> bool:
+        return str(site) in self.vectors
+
+    def _get(self, site) -> torch.Tensor:
+        key = str(site)
+        if key not in self.vectors:
+            raise KeyError(
+                f"the direction file has no vector for site {key}; it has: {', '.join(self.sites)}"
+            )
+        return self.vectors[key]
+
+    def vector(self, site) -> torch.Tensor:
+        """The raw stored vector ``[d]`` (or basis ``[k, d]``) at ``site``."""
+        return self._get(site)
+
+    def unit(self, site) -> torch.Tensor:
+        """The unit vector at ``site`` (first row for a basis). Refuses zero vectors."""
+        v = self._get(site)
+        v = v[0] if v.ndim == 2 else v
+        n = v.norm()
+        if n <= 1e-12:
+            raise DirectionFileError(
+                f"direction at {site} is a zero vector; it cannot be normalised"
+            )
+        return v / n
+
+    def basis(self, site) -> torch.Tensor:
+        """Orthonormal basis ``[k, d]`` spanning the vector(s) at ``site``."""
+        from .stats import orthonormal_basis
+
+        try:
+            return orthonormal_basis(self._get(site))
+        except ValueError as e:
+            raise DirectionFileError(f"direction at {site}: {e}") from e
+
+    def stats(self, site) -> dict:
+        return dict(self.metadata.get("stats", {}).get(str(site), {}))
+
+    def subset(self, sites) -> DirectionSet:
+        names = [str(s) for s in sites]
+        meta = json.loads(json.dumps(self.metadata))
+        if "stats" in meta:
+            meta["stats"] = {k: v for k, v in meta["stats"].items() if k in names}
+        return DirectionSet({n: self._get(n) for n in names}, meta)
+
+    def cosine(self, other: DirectionSet) -> dict[str, float]:
+        """Cosine similarity of the unit vectors at the sites both sets share."""
+        out = {}
+        for s in self.sites:
+            if s in other.vectors:
+                out[s] = float(torch.dot(self.unit(s), other.unit(s)))
+        if not out:
+            raise DirectionFileError("the two direction sets share no site")
+        return out
+
+    def best_site(self, key: str = "auroc") -> str:
+        """The site with the highest value of a per-site statistic (default: held-out AUROC)."""
+        scored = [(self.stats(s).get(key), s) for s in self.sites]
+        scored = [(v, s) for v, s in scored if isinstance(v, (int, float)) and not math.isnan(v)]
+        if not scored:
+            raise DirectionFileError(f"no site has the statistic {key!r}")
+        return max(scored)[1]
+
+    # ---------------------------------------------------------------- model checks
+    def check_model(self, model_or_fingerprint, *, force: bool = False) -> None:
+        """Refuse a model whose d_model or fingerprint differs from the one recorded, unless ``force``."""
+        if isinstance(model_or_fingerprint, dict):
+            fp = model_or_fingerprint
+        else:
+            from .models import fingerprint
+
+            fp = fingerprint(model_or_fingerprint)
+        problems = []
+        if int(fp.get("d_model", self.d_model)) != self.d_model:
+            problems.append(f"d_model: file {self.d_model}, model {fp.get('d_model')}")
+        mine = self.metadata.get("fingerprint") or {}
+        for key in ("architecture", "n_layers", "d_model", "vocab_size", "embed_hash"):
+            if (
+                key in mine
+                and key in fp
+                and mine[key] != fp[key]
+                and not (key == "d_model" and problems)
+            ):
+                problems.append(f"{key}: file {mine[key]!r}, model {fp[key]!r}")
+        if problems and not force:
+            raise DirectionFileError(
+                f"this direction file was made for model {self.metadata.get('model_id', '?')!r}, which differs "
+                f"from the loaded model ({'; '.join(problems)}). Use the model it was made for, or pass "
+                "force=True (--force on the command line) if you know the directions transfer."
+            )
+        if int(fp.get("d_model", self.d_model)) != self.d_model:
+            raise DirectionFileError(
+                f"cannot use {self.d_model}-wide directions on a {fp.get('d_model')}-wide model, even with force"
+            )
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        path = Path(path)
+        if not path.parent.exists():
+            raise DirectionFileError(f"cannot write {path}: folder {path.parent} does not exist")
+        meta = dict(self.metadata)
+        meta["format_version"] = FORMAT_VERSION
+        meta["d_model"] = self.d_model
+        meta.setdefault("saetools_version", __version__)
+        header = {"format": FORMAT_NAME, "saetools": json.dumps(meta, sort_keys=True)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(dict(self.vectors), tmp, metadata=header)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.metadata = meta
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model=None, *, force: bool = False) -> DirectionSet:
+        """Read a direction file; with ``model``, refuse it if it was made for another model."""
+        path = Path(path)
+        if not path.is_file():
+            raise DirectionFileError(f"direction file {path} does not exist")
+        header = _read_header(path)
+        meta_raw = header.get("__metadata__") or {}
+        if meta_raw.get("format") != FORMAT_NAME or "saetools" not in meta_raw:
+            raise DirectionFileError(
+                f"{path} is a safetensors file but not a saetools direction file (no 'saetools' metadata). "
+                "To bring in vectors from other tools use `saetools import`."
+            )
+        try:
+            meta = json.loads(meta_raw["saetools"])
+        except json.JSONDecodeError as e:
+            raise DirectionFileError(
+                f"{path}: the saetools metadata is not valid JSON ({e})"
+            ) from e
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise DirectionFileError(
+                f"{path} has direction format version {version!r}; this saetools reads versions up to "
+                f"{FORMAT_VERSION}. Upgrade saetools."
+            )
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise DirectionFileError(f"{path} is corrupt or truncated: {e}") from e
+        for name, t in tensors.items():
+            if t.dtype != torch.float32:
+                raise DirectionFileError(f"{path}: tensor {name} is {t.dtype}, expected float32")
+        ds = cls(tensors, meta)
+        if model is not None:
+            ds.check_model(model, force=force)
+        return ds
+
+
+def _read_header(path: Path) -> dict:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DirectionFileError(
+                f"{path} is truncated or not a safetensors file (only {size} bytes)"
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n <= 0 or n > min(size - 8, 100_000_000):
+            raise DirectionFileError(
+                f"{path} is not a safetensors file, or it is truncated (bad header length)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DirectionFileError(
+            f"{path} is not a safetensors file, or it is corrupt (header is not JSON)"
+        ) from e
+    if not isinstance(header, dict):
+        raise DirectionFileError(f"{path}: safetensors header is not an object")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise DirectionFileError(
+            f"{path} is truncated: the header promises {8 + n + end} bytes, the file has {size}"
+        )
+    return header

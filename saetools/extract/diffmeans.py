@@ -1,0 +1,139 @@
+"""Difference of means: mean misaligned-answer activation minus mean aligned-answer activation, per site.
+
+The direction is computed on the probe set's ``train`` split; its separation (AUROC and Cohen's d of
+the projection on the unit direction, misaligned vs aligned) is measured on the ``test`` split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..capture import ChatExample, capture
+from ..directions import DirectionSet
+from ..sites import Site, n_layers, parse_sites
+from ..stats import auroc, cohens_d
+
+
+def pair_examples(items) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(aligned, misaligned) chat examples from the items of a ``pairs`` probe set."""
+    aligned, misaligned = [], []
+    for it in items:
+        if it.aligned is None or it.misaligned is None:
+            raise ValueError(f"probe item {it.id} is not an aligned/misaligned pair")
+        aligned.append(ChatExample.from_question(it.question, it.aligned, it.system))
+        misaligned.append(ChatExample.from_question(it.question, it.misaligned, it.system))
+    return aligned, misaligned
+
+
+def extract_diffmeans(
+    model: nn.Module,
+    tokenizer,
+    probes,
+    sites: Sequence[Site] | str = "all",
+    *,
+    aggregate: str = "response_mean",
+    batch_size: int = 16,
+    train_split: str | None = "train",
+    test_split: str | None = "test",
+    model_id: str | None = None,
+    progress: bool = True,
+) -> DirectionSet:
+    """Extract difference-of-means directions from a ``pairs`` probe set.
+
+    ``probes`` is a :class:`probes.ProbeSet`. Raw vectors are stored; per-site statistics (norm,
+    held-out AUROC and Cohen's d, aligned/misaligned mean projections) go into the metadata.
+    """
+    from ..models import fingerprint
+
+    if probes.kind != "pairs":
+        raise ValueError(
+            f"difference of means needs a 'pairs' probe set; {probes.name} is '{probes.kind}'"
+        )
+    site_list = parse_sites(sites, n_layers(model))
+    splits = {it.split for it in probes.items}
+    has_splits = train_split in splits and test_split in splits
+    train = probes.split(train_split) if has_splits else probes
+    test = probes.split(test_split) if has_splits else probes
+    al_tr, mis_tr = pair_examples(train.items)
+    kw = dict(aggregate=aggregate, batch_size=batch_size)
+    cap_al = capture(
+        model, tokenizer, al_tr, site_list, progress="aligned (train)" if progress else False, **kw
+    )
+    cap_mis = capture(
+        model,
+        tokenizer,
+        mis_tr,
+        site_list,
+        progress="misaligned (train)" if progress else False,
+        **kw,
+    )
+    al_te, mis_te = pair_examples(test.items)
+    te_al = capture(
+        model,
+        tokenizer,
+        al_te,
+        site_list,
+        keep_per_example=True,
+        progress="aligned (test)" if progress else False,
+        **kw,
+    )
+    te_mis = capture(
+        model,
+        tokenizer,
+        mis_te,
+        site_list,
+        keep_per_example=True,
+        progress="misaligned (test)" if progress else False,
+        **kw,
+    )
+
+    vectors, stats = {}, {}
+    for s in site_list:
+        mu_al, mu_mis = cap_al.mean(s), cap_mis.mean(s)
+        v = mu_mis - mu_al
+        norm = float(v.norm())
+        unit = v / norm if norm > 0 else v
+        p_al = te_al.per_example[s] @ unit
+        p_mis = te_mis.per_example[s] @ unit
+        vectors[s.name] = v
+        stats[s.name] = {
+            "norm": norm,
+            "auroc": auroc(p_mis, p_al),
+            "cohens_d": cohens_d(p_mis, p_al) if len(p_al) > 1 else float("nan"),
+            "proj_aligned_mean": float(mu_al @ unit),
+            "proj_misaligned_mean": float(mu_mis @ unit),
+            "test_proj_aligned_mean": float(p_al.mean()),
+            "test_proj_misaligned_mean": float(p_mis.mean()),
+            "activation_norm_mean": float(0.5 * (mu_al.norm() + mu_mis.norm())),
+        }
+    meta = {
+        "model_id": model_id or getattr(getattr(model, "config", None), "_name_or_path", "unknown"),
+        "fingerprint": fingerprint(model),
+        "method": "diffmeans",
+        "aggregation": aggregate,
+        "sign": "misaligned minus aligned",
+        "probe_set": {
+            "name": probes.name,
+            "sha256": probes.sha256,
+            "train_split": train_split if has_splits else None,
+            "test_split": test_split if has_splits else None,
+        },
+        "counts": {
+            "train_pairs": len(train),
+            "test_pairs": len(test),
+            "train_tokens": cap_al.n_tokens + cap_mis.n_tokens,
+        },
+        "separation_split": test_split
+        if has_splits
+        else "train (no held-out split in the probe set)",
+        "stats": stats,
+    }
+    return DirectionSet(vectors, meta)
+
+
+def projections(per_example: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Projection of each row on the unit version of ``direction``."""
+    return per_example.float() @ (direction / direction.norm())

@@ -1,0 +1,82 @@
+"""Small statistics used to judge directions: AUROC, Cohen's d, orthonormal bases."""
+
+from __future__ import annotations
+
+import torch
+
+
+def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Area under the ROC curve for scores ``pos`` (label 1) against ``neg`` (label 0).
+
+    Equals P(pos > neg) + 0.5 * P(pos == neg), computed from ranks (Mann-Whitney U) with ties
+    given their average rank.
+    """
+    pos = pos.detach().double().flatten().cpu()
+    neg = neg.detach().double().flatten().cpu()
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    if bool(torch.isnan(pos).any() or torch.isnan(neg).any()):
+        raise ValueError("auroc got NaN scores")
+    scores = torch.cat([pos, neg])
+    order = torch.argsort(scores, stable=True)
+    sorted_scores = scores[order]
+    ranks = torch.empty_like(scores)
+    n = scores.numel()
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    r_pos = ranks[: pos.numel()].sum().item()
+    n_pos, n_neg = pos.numel(), neg.numel()
+    u = r_pos - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def cohens_d(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Standardised mean difference (pos - neg) / pooled standard deviation."""
+    pos = pos.detach().double().flatten()
+    neg = neg.detach().double().flatten()
+    n1, n2 = pos.numel(), neg.numel()
+    if n1 < 2 or n2 < 2:
+        raise ValueError("cohens_d needs at least two scores in each group")
+    if bool(torch.isnan(pos).any() or torch.isnan(neg).any()):
+        raise ValueError("cohens_d got NaN scores")
+    pooled = ((n1 - 1) * pos.var() + (n2 - 1) * neg.var()) / (n1 + n2 - 2)
+    if pooled <= 0:
+        return float("inf") if pos.mean() != neg.mean() else 0.0
+    return float((pos.mean() - neg.mean()) / pooled.sqrt())
+
+
+def orthonormal_basis(vectors: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Orthonormal rows spanning ``vectors`` ``[k, d]`` (QR, sign kept so row 0 points like vectors[0]).
+
+    Raises if a vector is zero, not finite, or linearly dependent on the others. A vector counts as
+    dependent when its part outside the span of the earlier ones is below a tolerance relative to
+    its own norm; the tolerance follows the input's precision (rounding errors of float32 inputs
+    must not pass for independent directions).
+    """
+    v = vectors.detach().double()
+    if v.ndim == 1:
+        v = v[None]
+    if v.shape[0] > v.shape[1]:
+        raise ValueError(
+            f"{v.shape[0]} directions in {v.shape[1]} dimensions are linearly dependent; "
+            "cannot orthonormalise them"
+        )
+    tol = eps
+    if vectors.is_floating_point():
+        tol = max(eps, min(64 * torch.finfo(vectors.dtype).eps, 1e-2))
+    if not torch.isfinite(v).all():
+        raise ValueError("direction contains NaN or infinite values")
+    norms = v.norm(dim=-1)
+    if bool((norms <= eps).any()):
+        raise ValueError("cannot normalise a zero vector")
+    q, r = torch.linalg.qr(v.T)
+    diag = torch.diagonal(r)
+    if bool((diag.abs() <= tol * norms).any()):
+        raise ValueError("directions are linearly dependent; cannot orthonormalise them")
+    q = q * torch.sign(diag)[None]
+    return q.T.to(vectors.dtype if vectors.is_floating_point() else torch.float32)
