@@ -53,7 +53,9 @@ class DirectionSet:
             if not torch.isfinite(v).all():
                 raise DirectionFileError(f"direction at {name} contains NaN or infinite values")
             widths.add(int(v.shape[-1]))
-            clean[name] = v.detach().to("cpu", torch.float32).contiguous()
+            # a private copy: the caller may change its tensor later, and safetensors refuses to
+            # save one tensor under two names
+            clean[name] = v.detach().to("cpu", torch.float32, copy=True).contiguous()
         if len(widths) != 1:
             raise DirectionFileError(f"directions have different widths {sorted(widths)}")
         self.vectors = clean
@@ -208,6 +210,10 @@ class DirectionSet:
             raise DirectionFileError(f"direction file {path} does not exist")
         header = _read_header(path)
         meta_raw = header.get("__metadata__") or {}
+        if not isinstance(meta_raw, dict):
+            raise DirectionFileError(
+                f"{path} is not a safetensors file, or it is corrupt (bad __metadata__)"
+            )
         if meta_raw.get("format") != FORMAT_NAME or "saetools" not in meta_raw:
             raise DirectionFileError(
                 f"{path} is a safetensors file but not a saetools direction file (no 'saetools' metadata). "
@@ -219,6 +225,8 @@ class DirectionSet:
             raise DirectionFileError(
                 f"{path}: the saetools metadata is not valid JSON ({e})"
             ) from e
+        if not isinstance(meta, dict):
+            raise DirectionFileError(f"{path}: the saetools metadata is not a JSON object")
         version = meta.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DirectionFileError(
@@ -263,7 +271,14 @@ def _read_header(path: Path) -> dict:
         ) from e
     if not isinstance(header, dict):
         raise DirectionFileError(f"{path}: safetensors header is not an object")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise DirectionFileError(
+            f"{path} is not a safetensors file, or it is corrupt (bad tensor entry)"
+        ) from e
     if 8 + n + end > size:
         raise DirectionFileError(
             f"{path} is truncated: the header promises {8 + n + end} bytes, the file has {size}"
