@@ -270,6 +270,10 @@ def load_model(
         raise ModelLoadError(
             f"could not load model {name!r}: folder {local} has no config.json (is it a Hugging Face model folder?)"
         )
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for a 2-second local load is noise
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -278,6 +282,9 @@ def load_model(
             f"could not load model {name!r}: {e}. Pass 'default' for the embedded SmolLM2-135M-Instruct, "
             "a local folder with config.json and weights, or a Hugging Face id available on this machine."
         ) from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if adapter is not None:
         from peft import PeftModel
 
