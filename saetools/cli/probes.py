@@ -23,7 +23,7 @@ def _describe(ps) -> str:
         splits[it.split or "-"] = splits.get(it.split or "-", 0) + 1
     split_txt = ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
     return (
-        f"{ps.name:<14} {ps.kind:<10} {len(ps):>5} items  ({split_txt}; {len(ps.themes())} themes)"
+        f"{ps.name:<22} {ps.kind:<10} {len(ps):>5} items  ({split_txt}; {len(ps.themes())} themes)"
     )
 
 
