@@ -66,13 +66,13 @@ def best_time(fn, repeat):
     return min(times)
 
 
-def run_peer(tool: str) -> dict | None:
+def run_peer(tool: str, threads: int) -> dict | None:
     py = ROOT / ".bench" / "peers-venv" / "bin" / "python"
     if not py.exists():
         return None
     out = ROOT / ".bench" / f"peer-train-{tool}.json"
     cmd = [str(py), str(ROOT / "benchmarks" / "peers" / "peer_bench.py"), "train", "--tool", tool,
-           "--layer", str(LAYER), "--json", str(out)]
+           "--layer", str(LAYER), "--json", str(out), "--threads", str(threads), "--skip-checks"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"  {tool} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every measured tool (default: torch's); on a busy machine use 1")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -112,6 +114,8 @@ def main() -> None:
     from saetools.models import default_model_dir, load_model
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm = load_model("default")
     model, tok = lm.model, lm.tokenizer
     exs = examples()
@@ -138,10 +142,14 @@ def main() -> None:
     def saetools_capture():
         capture(model, tok, exs, SITE, batch_size=16, progress=False)
 
+    def measure(name, fn):
+        results[name] = best_time(fn, args.repeat)
+        print(f"  {name}: {results[name]:.2f}s", flush=True)
+
     hf_full()  # warm-up
-    results["HF forward, whole model"] = best_time(hf_full, args.repeat)
-    results["HF forward, blocks 0-15 only"] = best_time(hf_truncated, args.repeat)
-    results["saetools capture (early stop)"] = best_time(saetools_capture, args.repeat)
+    measure("HF forward, whole model", hf_full)
+    measure("HF forward, blocks 0-15 only", hf_truncated)
+    measure("saetools capture (early stop)", saetools_capture)
 
     # transformer-lens on its own copy of the model (booting a bridge wraps the HF modules).
     from transformer_lens.model_bridge import TransformerBridge
@@ -158,8 +166,8 @@ def main() -> None:
         return f
 
     try:
-        results["TL run_with_cache, names filter"] = best_time(tl_cache(), args.repeat)
-        results["TL run_with_cache, stop_at_layer=16"] = best_time(tl_cache(LAYER + 1), args.repeat)
+        measure("TL run_with_cache, names filter", tl_cache())
+        measure("TL run_with_cache, stop_at_layer=16", tl_cache(LAYER + 1))
     except Exception as e:  # report, do not hide: the table says the peer failed
         print(f"  transformer-lens failed: {type(e).__name__}: {e}")
 
@@ -174,7 +182,7 @@ def main() -> None:
     peers = {}
     if not args.skip_peers:
         for tool in ("steering-vectors", "repeng"):
-            r = run_peer(tool)
+            r = run_peer(tool, torch.get_num_threads())
             if r is None:
                 print(f"{tool}: not measured (run `bash benchmarks/peers/setup_venv.sh` first)")
                 continue
