@@ -1,0 +1,311 @@
+"""``saetools steer`` (generate with a direction added, ablated or clamped) and ``saetools sweep``
+(dose-response of the logprob contrast and perplexity over a list of alphas)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from .common import add_model_options, check_output_path, load_model_from_args
+
+# argparse takes "-8,-4,0,4,8" for an option because it starts with "-"; values that start with a
+# negative number (lists and ranges included) are values here, as no option of ours looks like one.
+_NEGATIVE_LIST = re.compile(r"^-\d[\d.,:eE+-]*$|^-\.\d")
+
+
+def _add_direction_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
+    p.add_argument(
+        "--directions",
+        required=True,
+        metavar="FILE",
+        help="direction file (.safetensors) from `saetools extract`",
+    )
+    if multi:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--site", help="one site, e.g. blocks.15.hook_resid_post")
+        g.add_argument(
+            "--sites",
+            help="several sites: 'all' (every block's hook_resid_post), a comma list, or ranges "
+            "like blocks.5-20.hook_resid_post; the file must have each",
+        )
+    else:
+        p.add_argument(
+            "--site",
+            required=True,
+            help="the site to steer (a comma list steers several sites with the same alpha)",
+        )
+    v = p.add_mutually_exclusive_group()
+    v.add_argument(
+        "--unit",
+        dest="unit",
+        action="store_true",
+        default=True,
+        help="add uses the unit direction: alpha is in activation units (default)",
+    )
+    v.add_argument(
+        "--raw",
+        dest="unit",
+        action="store_false",
+        help="add uses the raw stored vector (difference of means): alpha 1 adds the whole difference",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="use a direction file made for another model (same width)",
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "steer",
+        help="generate answers while adding, ablating or clamping a direction",
+        description=(
+            "Generate answers to chat prompts (through the chat template, greedy by default) while steering "
+            "the residual stream: 'add' adds alpha times the direction, 'ablate' projects it out, 'clamp' pins "
+            "the projection on the unit direction to --value. Prints the unsteered answer too with --compare."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_options(p)
+    _add_direction_options(p, multi=True)
+    p.add_argument("--op", default="add", choices=["add", "ablate", "clamp"], help="the operator")
+    p.add_argument(
+        "--alpha",
+        default="1",
+        help="strength of 'add': a number, or per-site values 'blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4'",
+    )
+    p.add_argument(
+        "--value",
+        default=None,
+        help="'clamp' target projection: a number, or 'aligned' / 'misaligned' (mean projection of the "
+        "probe set's aligned / misaligned answers recorded in the file)",
+    )
+    p.add_argument(
+        "--positions",
+        default="all",
+        choices=["all", "prompt", "generated"],
+        help="which tokens to steer: every token, the prompt only, or the generated tokens only",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a user message (repeat the option for several prompts)",
+    )
+    p.add_argument("--system", default=None, help="optional system message for every prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; > 0 samples")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="nucleus sampling threshold (with --temperature > 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="prompts per generate call (left-padded)"
+    )
+    p.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="also write prompts and answers as JSON"
+    )
+    p.set_defaults(func=run_steer)
+    p._negative_number_matcher = _NEGATIVE_LIST  # --alpha -6 and --alphas -8,-4,0 are values
+
+    s = sub.add_parser(
+        "sweep",
+        help="dose-response: logprob contrast and perplexity for a list of alphas",
+        description=(
+            "For each alpha, add alpha times the direction at the site (at every token), and measure on a "
+            "pairs probe split the logprob contrast log p(misaligned answer) - log p(aligned answer) (summed "
+            "over answer tokens, mean over pairs; also per token), the mean projection of the answer tokens "
+            "on the unit direction at the site, and the perplexity of the neutral text set (scored as "
+            "assistant answers). Writes a plotly HTML figure and JSON."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_options(s)
+    _add_direction_options(s, multi=False)
+    s.add_argument(
+        "--alphas", default="-8,-4,0,4,8", help="comma-separated alphas, or start:stop:step"
+    )
+    s.add_argument("--probes", default="em-core", help="pairs probe set (name or JSONL path)")
+    s.add_argument("--split", default="test", help="probe split: train, test or all")
+    s.add_argument(
+        "--neutral", default="neutral", help="texts probe set for perplexity ('none' to skip)"
+    )
+    s.add_argument(
+        "--ablate-sites",
+        default=None,
+        help="also measure 'ablate' at these sites (e.g. 'all'); the file must have each",
+    )
+    s.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also generate greedy answers to the first N questions of --eval-probes at each alpha",
+    )
+    s.add_argument("--eval-probes", default="em-eval", help="questions probe set for --sample")
+    s.add_argument("--max-new-tokens", type=int, default=48, help="tokens per sampled answer")
+    s.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    s.add_argument("--out", default=None, help="HTML dose-response figure to write")
+    s.add_argument("--json", default=None, metavar="FILE", help="JSON results to write")
+    s.add_argument(
+        "--plotlyjs",
+        default="inline",
+        choices=["inline", "cdn"],
+        help="embed plotly.js in the HTML (works offline) or load it from a CDN (small file)",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress messages")
+    s.set_defaults(func=run_sweep)
+    s._negative_number_matcher = _NEGATIVE_LIST
+
+
+def _load(args):
+    from ..directions import DirectionSet
+
+    lm = load_model_from_args(args)
+    ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
+    return lm, ds
+
+
+def run_steer(args) -> int:
+    from ..steer import SteeringError, generate, interventions_from_directions, parse_site_alphas
+
+    out = check_output_path(args.json, "JSON")
+    alpha = parse_site_alphas(args.alpha)
+    if args.op == "clamp" and args.value is None:
+        raise SteeringError("--op clamp needs --value (a number, or 'aligned' / 'misaligned')")
+    if args.max_new_tokens < 1:
+        raise SteeringError("--max-new-tokens must be >= 1")
+    lm, ds = _load(args)
+    value = args.value
+    if value is not None:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    sites = args.site or args.sites
+    ivs = interventions_from_directions(
+        ds,
+        sites,
+        args.op,
+        alpha,
+        value=value,
+        unit=args.unit,
+        positions=args.positions,
+        n_layers=lm.n_layers,
+    )
+    prompts = [
+        ([{"role": "system", "content": args.system}] if args.system else [])
+        + [{"role": "user", "content": q}]
+        for q in args.prompt
+    ]
+    kw = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    answers = generate(lm.model, lm.tokenizer, prompts, ivs, **kw)
+    base = generate(lm.model, lm.tokenizer, prompts, [], **kw) if args.compare else None
+    desc = ", ".join(
+        f"{iv.op} {iv.site}"
+        + (f" alpha {iv.alpha:g}" if iv.op == "add" else "")
+        + (f" value {iv.value:g}" if iv.op == "clamp" else "")
+        for iv in ivs[:4]
+    )
+    if len(ivs) > 4:
+        desc += f", ... ({len(ivs)} sites)"
+    print(
+        f"# steering: {desc}; positions {args.positions}; {'unit' if args.unit else 'raw'} vector"
+    )
+    rows = []
+    for i, q in enumerate(args.prompt):
+        print(f"\n## prompt: {q}")
+        if base is not None:
+            print(f"### unsteered:\n{base[i]}")
+        print(f"### steered:\n{answers[i]}")
+        rows.append(
+            {
+                "prompt": q,
+                "answer": answers[i],
+                **({"unsteered": base[i]} if base is not None else {}),
+            }
+        )
+    if out:
+        out.write_text(
+            json.dumps(
+                {
+                    "model_id": lm.model_id,
+                    "directions": args.directions,
+                    "interventions": [
+                        {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
+                        for iv in ivs
+                    ],
+                    "positions": args.positions,
+                    "vector": "unit" if args.unit else "raw",
+                    "generation": kw,
+                    "answers": rows,
+                },
+                indent=1,
+            )
+        )
+        print(f"\nwrote {out}")
+    return 0
+
+
+def run_sweep(args) -> int:
+    from ..plots import write_html
+    from ..steer import parse_alphas
+    from ..sweep import sweep, sweep_figure, write_json
+
+    html = check_output_path(args.out, "figure")
+    jpath = check_output_path(args.json, "JSON")
+    alphas = parse_alphas(args.alphas)
+    if html is None and jpath is None:
+        print("saetools sweep: no --out or --json given; printing results only", file=sys.stderr)
+    lm, ds = _load(args)
+    res = sweep(
+        lm.model,
+        lm.tokenizer,
+        ds,
+        args.site,
+        alphas,
+        probes=args.probes,
+        split=args.split,
+        neutral=None if args.neutral == "none" else args.neutral,
+        unit=args.unit,
+        ablate_sites=args.ablate_sites,
+        sample=args.sample,
+        eval_probes=args.eval_probes,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        model_id=lm.model_id,
+        progress=not args.quiet,
+    )
+    print(f"{'alpha':>7} {'contrast':>9} {'per-token':>9} {'proj':>8} {'ppl':>8}")
+    for r in res["results"]:
+        print(
+            f"{r['alpha']:>7g} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
+            f"{r.get('perplexity', float('nan')):>8.2f}"
+        )
+    if "ablate" in res:
+        r = res["ablate"]
+        print(
+            f"{'ablate':>7} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
+            f"{r.get('perplexity', float('nan')):>8.2f}   ({len(r['sites'])} sites)"
+        )
+    if jpath:
+        write_json(res, jpath)
+        print(f"wrote {jpath}")
+    if html:
+        write_html(
+            sweep_figure(res), html, include_plotlyjs="cdn" if args.plotlyjs == "cdn" else True
+        )
+        print(f"wrote {html}")
+    return 0
