@@ -25,7 +25,12 @@ def register(sub) -> None:
         default="em-core",
         help="built-in probe set name (see `saetools probes`) or a path to a pairs JSONL file",
     )
-    p.add_argument("--method", default="diffmeans", choices=["diffmeans"], help="extraction method")
+    p.add_argument(
+        "--method",
+        default="diffmeans",
+        choices=["diffmeans", "modeldiff"],
+        help="extraction method",
+    )
     p.add_argument(
         "--sites",
         default="all",
@@ -40,6 +45,23 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-size", type=int, default=16, help="examples per forward pass (sorted by length)"
     )
+    g = p.add_argument_group("modeldiff (--method modeldiff)")
+    g.add_argument(
+        "--model-b", default=None, help="model B (default: --model); the direction is B minus A"
+    )
+    g.add_argument(
+        "--adapter-b",
+        default=None,
+        help="PEFT adapter folder applied to model B (e.g. a fine-tune of --model)",
+    )
+    g.add_argument(
+        "--pca",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep the top-K principal components of the per-example differences as a basis",
+    )
+    g.add_argument("--split", default=None, help="probe split to run (default: all items)")
     p.add_argument("--out", required=True, help="direction file to write (.safetensors)")
     p.add_argument(
         "--report", default=None, help="optional HTML file: separation and norm by layer"
@@ -59,6 +81,10 @@ def run(args) -> int:
     ps = probes.load(args.probes)
     lm = load_model_from_args(args)
     t0 = time.perf_counter()
+    if args.method == "modeldiff":
+        return _run_modeldiff(args, ps, lm, out, report, t0)
+    if args.model_b or args.adapter_b or args.pca:
+        raise ValueError("--model-b, --adapter-b and --pca belong to --method modeldiff")
     ds = extract_diffmeans(
         lm.model,
         lm.tokenizer,
@@ -76,6 +102,46 @@ def run(args) -> int:
     print(
         f"best site {best}: held-out AUROC {st['auroc']:.3f}, Cohen's d {st['cohens_d']:.2f}, norm {st['norm']:.3f}"
     )
+    if report:
+        write_html(layer_report(ds), report)
+        print(f"wrote {report}")
+    return 0
+
+
+def _run_modeldiff(args, ps, lm, out, report, t0) -> int:
+    from ..extract.modeldiff import extract_modeldiff
+    from ..models import load_model
+    from ..plots import layer_report, write_html
+
+    if args.model_b is None and args.adapter_b is None:
+        raise ValueError("--method modeldiff needs a second model: --model-b and/or --adapter-b")
+    b_name = args.model_b or args.model
+    lm_b = load_model(b_name, device=args.device, dtype=args.dtype, adapter=args.adapter_b)
+    if lm_b.d_model != lm.d_model:
+        raise ValueError(
+            f"--model ({lm.d_model} wide) and --model-b ({lm_b.d_model} wide) differ in width"
+        )
+    ds = extract_modeldiff(
+        lm.model,
+        lm_b.model,
+        lm.tokenizer,
+        ps,
+        args.sites,
+        aggregate=args.aggregate,
+        pca=args.pca,
+        split=args.split,
+        batch_size=args.batch_size,
+        model_id_a=lm.model_id,
+        model_id_b=lm_b.model_id,
+        progress=not args.quiet,
+    )
+    ds.save(out)
+    print(
+        f"wrote {out}: {len(ds.sites)} sites, B minus A = {lm_b.model_id} minus {lm.model_id}, "
+        f"on {ps.name} in {time.perf_counter() - t0:.1f}s"
+    )
+    top = max(ds.sites, key=lambda s: ds.stats(s).get("norm", 0.0))
+    print(f"largest shift at {top}: norm {ds.stats(top)['norm']:.3f}")
     if report:
         write_html(layer_report(ds), report)
         print(f"wrote {report}")
