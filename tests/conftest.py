@@ -215,7 +215,9 @@ def _threads_for_real_model(request):
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("SAETOOLS_EMBEDDED_THREADS", str(os.cpu_count() or 1))))
+    torch.set_num_threads(
+        int(os.environ.get("SAETOOLS_EMBEDDED_THREADS", str(os.cpu_count() or 1)))
+    )
     try:
         yield
     finally:
