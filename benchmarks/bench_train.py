@@ -108,13 +108,7 @@ def child(name: str, steps: int, warmup: int, threads: int, batch: int, tokens: 
     from saetools.directions import DirectionSet
     from saetools.models import load_model
     from saetools.regularize import (
-        KL,
-        LDIFS,
-        Ablate,
-        DirectionalKL,
-        DirectionalL2,
         RegularizedLoss,
-        Steer,
     )
     from saetools.train import _lora_config
 
@@ -128,16 +122,7 @@ def child(name: str, steps: int, warmup: int, threads: int, batch: int, tokens: 
     ds = DirectionSet(
         {f"blocks.{k}.hook_resid_post": torch.randn(d, generator=g) for k in range(n_layers)}
     )
-    terms = {
-        "plain": [],
-        "kl": [KL(weight=1.0)],
-        "directional-kl": [DirectionalKL(ds, "all", weight=1.0)],
-        "directional-l2": [DirectionalL2(ds, "all", weight=1.0)],
-        "ldifs": [LDIFS(weight=1.0)],
-        "steer": [Steer(ds, "all", alpha=1.0)],
-        "ablate": [Ablate(ds, "all")],
-    }[name]
-    reg = RegularizedLoss(model, terms)
+    reg = RegularizedLoss(model, _terms(name, ds))
     vocab = lm.tokenizer.vocab_size
     ids = torch.randint(10, vocab - 10, (batch, tokens), generator=g)
     labels = ids.clone()
