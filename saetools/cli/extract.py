@@ -78,13 +78,16 @@ def run(args) -> int:
 
     out = check_output_path(args.out, "direction file")
     report = check_output_path(args.report, "report")
+    # Option errors are reported before any model is loaded.
+    if args.method == "modeldiff" and args.model_b is None and args.adapter_b is None:
+        raise ValueError("--method modeldiff needs a second model: --model-b and/or --adapter-b")
+    if args.method != "modeldiff" and (args.model_b or args.adapter_b or args.pca):
+        raise ValueError("--model-b, --adapter-b and --pca belong to --method modeldiff")
     ps = probes.load(args.probes)
     lm = load_model_from_args(args)
     t0 = time.perf_counter()
     if args.method == "modeldiff":
         return _run_modeldiff(args, ps, lm, out, report, t0)
-    if args.model_b or args.adapter_b or args.pca:
-        raise ValueError("--model-b, --adapter-b and --pca belong to --method modeldiff")
     ds = extract_diffmeans(
         lm.model,
         lm.tokenizer,
@@ -113,8 +116,6 @@ def _run_modeldiff(args, ps, lm, out, report, t0) -> int:
     from ..models import load_model
     from ..plots import layer_report, write_html
 
-    if args.model_b is None and args.adapter_b is None:
-        raise ValueError("--method modeldiff needs a second model: --model-b and/or --adapter-b")
     b_name = args.model_b or args.model
     lm_b = load_model(b_name, device=args.device, dtype=args.dtype, adapter=args.adapter_b)
     if lm_b.d_model != lm.d_model:
