@@ -7,7 +7,17 @@ import importlib
 import sys
 
 # Modules that define ``register(subparsers)``; each subcommand sets ``func`` to run it.
-_COMMAND_MODULES = ("extract", "inspect", "probes", "demo", "steer", "train", "interop")
+_COMMAND_MODULES = (
+    "extract",
+    "inspect",
+    "probes",
+    "demo",
+    "steer",
+    "train",
+    "interop",
+    "sae",
+    "serve",
+)
 
 
 class CLIError(Exception):
