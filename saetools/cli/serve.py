@@ -1,0 +1,166 @@
+"""``saetools serve``: an OpenAI-compatible HTTP server for the model, optionally steered."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .common import add_model_options, load_model_from_args
+from .steer import _NEGATIVE_LIST
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model (optionally steered) over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve /v1/chat/completions and /v1/models for the model (with an optional adapter), "
+            "batching requests that arrive together. Requests may steer per request through the "
+            "'saetools' body field; --site/--op/--alpha set a default steering for requests that "
+            "carry none. See docs/serve.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_options(p)
+    d = p.add_argument_group("directions and default steering")
+    d.add_argument(
+        "--directions",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="a direction file requests may steer with, named by NAME (default: the file's stem); "
+        "repeat for several",
+    )
+    d.add_argument(
+        "--site",
+        default=None,
+        help="default steering: site(s) ('all', a comma list or ranges) of the first --directions file",
+    )
+    d.add_argument("--op", default="add", choices=["add", "ablate", "clamp"])
+    d.add_argument("--alpha", default="1", help="a number or site=alpha,site=alpha")
+    d.add_argument("--value", default=None, help="clamp value: a number, 'aligned' or 'misaligned'")
+    d.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    v = d.add_mutually_exclusive_group()
+    v.add_argument("--unit", dest="unit", action="store_true", default=True)
+    v.add_argument("--raw", dest="unit", action="store_false")
+    d.add_argument(
+        "--force", action="store_true", help="load direction files made for another model"
+    )
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model id clients send (default: the model's id; 'default' is accepted too)",
+    )
+    s.add_argument(
+        "--api-key",
+        default=os.environ.get("SAETOOLS_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $SAETOOLS_API_KEY; none: no check)",
+    )
+    s.add_argument("--max-batch", type=int, default=16, help="most rows decoded together")
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the worker waits for more requests after the first one",
+    )
+    s.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=512,
+        help="max_tokens for requests that give none (capped by the context)",
+    )
+    s.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.set_defaults(func=run_serve)
+    p._negative_number_matcher = _NEGATIVE_LIST
+
+
+def _direction_files(specs: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path, name = spec, Path(spec).stem
+        if not name or not path:
+            raise ValueError(f"--directions {spec!r}: expected FILE or NAME=FILE")
+        if name in out:
+            raise ValueError(f"--directions: the name {name!r} is given twice")
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"direction file {p} does not exist")
+        out[name] = p
+    return out
+
+
+def run_serve(args) -> int:
+    import torch
+
+    from ..directions import DirectionSet
+    from ..serve import ChatServer, ServeConfig, serve
+    from ..steer import SteeringError, interventions_from_directions, parse_site_alphas
+
+    files = _direction_files(args.directions)
+    alpha = parse_site_alphas(args.alpha)
+    if args.site and not files:
+        raise SteeringError("--site needs a --directions file to take the vectors from")
+    if args.site and args.op == "clamp" and args.value is None:
+        raise SteeringError("--op clamp needs --value")
+    for name, val in (("--max-batch", args.max_batch), ("--max-n", args.max_n)):
+        if val < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if args.default_max_tokens < 1:
+        raise ValueError("--default-max-tokens must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model_from_args(args)
+    directions = {
+        name: DirectionSet.load(path, model=lm.model, force=args.force)
+        for name, path in files.items()
+    }
+    default = []
+    if args.site:
+        value = args.value
+        if value is not None:
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        default = interventions_from_directions(
+            next(iter(directions.values())),
+            args.site,
+            args.op,
+            alpha,
+            value=value,
+            unit=args.unit,
+            positions=args.positions,
+            n_layers=lm.n_layers,
+        )
+    name = args.served_model_name or lm.model_id
+    aliases = tuple(a for a in (args.model, "default") if a != name)
+    config = ServeConfig(
+        model_name=name,
+        aliases=aliases,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        default_max_tokens=args.default_max_tokens,
+        max_n=args.max_n,
+        api_key=args.api_key or None,
+    )
+    server = ChatServer(
+        lm.model, lm.tokenizer, config, directions=directions, default_steering=default
+    )
+    desc = ", ".join(f"{iv.op} {iv.site}" for iv in default[:3]) or "none"
+    print(
+        f"saetools serve: {name} on http://{args.host}:{args.port}/v1 "
+        f"(directions: {', '.join(directions) or 'none'}; default steering: {desc})",
+        flush=True,
+    )
+    serve(server, args.host, args.port, log_level=args.log_level)
+    return 0
