@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -370,6 +371,26 @@ class _Group:
 # Orchestrator
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` to serve as θ0.
+
+    ``copy.deepcopy`` does not copy functions, so a ``forward`` that a library patched onto an
+    instance as a closure (TRL's ``SFTTrainer`` binds such a wrapper for its fused LM head) would
+    still call the *original* module, and the copy's own weights and hooks would never
+    run. Such instance-level patches are dropped from the copy, which then runs its class's
+    forward. Bound methods and ``functools.partial`` objects (accelerate's hooks) are copied
+    correctly and kept.
+    """
+    ref = copy.deepcopy(model)
+    for mod in ref.modules():
+        fwd = mod.__dict__.get("forward")
+        func = fwd.__func__ if isinstance(fwd, types.MethodType) else fwd
+        # a closure may hold the original module (deepcopy re-binds ``self`` but not closures)
+        if isinstance(func, types.FunctionType) and func.__closure__:
+            del mod.__dict__["forward"]
+    return ref
+
+
 class RegularizedLoss:
     """Task loss plus regularizer terms, computed on a batch inside any training loop.
 
@@ -450,7 +471,7 @@ class RegularizedLoss:
                     f"reference has {n_layers(reference)} blocks, the model {self.n_layers}"
                 )
         elif needs_ref and not self.use_adapter_toggle:
-            reference = copy.deepcopy(self.inner)
+            reference = _frozen_copy(self.inner)
             reference.eval()
             for p in reference.parameters():
                 p.requires_grad_(False)
