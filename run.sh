@@ -3,6 +3,9 @@
 #   bash run.sh demo [--out DIR]   set everything up, then run the main job (full loop on the embedded model)
 #   bash run.sh test [PYTEST ARGS] set everything up, then run the test suite
 #   bash run.sh setup              only set up (.venv with pinned packages, the embedded model converted once)
+# `test` also builds llama-cpp-python once (it compiles llama.cpp, ~10 minutes on 2 cores; pip keeps
+# the wheel in its cache) for the llama.cpp steering check. SAETOOLS_SKIP_LLAMACPP=1 skips that
+# build for quick local runs; the check is then skipped instead of failing.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${SAETOOLS_VENV:-.venv}"
@@ -28,11 +31,29 @@ setup() {
   python -c "from saetools.models import default_model_dir; print('embedded model:', default_model_dir())"
 }
 
+# llama.cpp's version and build flags: portable CPU code (GGML_NATIVE=OFF; a native build died with
+# "Illegal instruction" on some machines here) and only the library the Python package loads.
+LLAMACPP_VERSION=0.3.36
+LLAMACPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+
+setup_llamacpp() {
+  if [ "${SAETOOLS_SKIP_LLAMACPP:-0}" = 1 ]; then
+    return
+  fi
+  export SAETOOLS_REQUIRE_LLAMACPP=1
+  if python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMACPP_VERSION')" 2>/dev/null; then
+    return
+  fi
+  echo "run.sh: installing llama-cpp-python $LLAMACPP_VERSION (first time: compiles llama.cpp, about 10 minutes)" >&2
+  CMAKE_ARGS="$LLAMACPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    python -m pip install -q -c requirements.lock "llama-cpp-python==$LLAMACPP_VERSION"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec saetools demo "$@" ;;
-  test) setup; exec python -m pytest -q "$@" ;;
+  test) setup; setup_llamacpp; exec python -m pytest -q "$@" ;;
   *) echo "usage: bash run.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate of every fine-tune")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -88,9 +89,9 @@ def main(argv=None) -> int:
     dpath = out / "modeldiff-bad-minus-good.safetensors"
     if not dpath.is_file():
         t0 = time.perf_counter()
-        bad, tok = _finetune("narrow-medical-bad", args.dir_steps, args.batch_size, 1e-3, 1,
+        bad, tok = _finetune("narrow-medical-bad", args.dir_steps, args.batch_size, args.lr, 1,
                              args.max_length)  # fmt: skip
-        good, _ = _finetune("narrow-medical-good", args.dir_steps, args.batch_size, 1e-3, 1,
+        good, _ = _finetune("narrow-medical-good", args.dir_steps, args.batch_size, args.lr, 1,
                             args.max_length)  # fmt: skip
         core = probes.load("em-core").split("train")
         core = dataclasses.replace(core, items=core.items[: args.dir_pairs])
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
             lora_rank=8,
             steps=args.steps,
             batch_size=args.batch_size,
-            lr=1e-3,
+            lr=args.lr,
             seed=0,
             eval_every=args.eval_every,
             eval_pairs=args.eval_pairs,
