@@ -7,7 +7,8 @@ Two layers of API:
 * :func:`capture` - runs chat examples through the model in length-sorted batches, stops the forward
   after the deepest site it needs, and reduces each example's activations on the fly
   (``response_mean``, ``last``, ``prompt_mean`` or ``all``) into running sums, keeping per-example
-  vectors only when asked.
+  vectors only when asked. With ``distributed=True`` the processes of a torch.distributed group
+  share the examples and all end with the single-process result (:mod:`saetools.distributed`).
 
 Answer tokens are located through the tokenizer's chat template: the conversation is rendered with
 and without the answer, and the answer's characters are mapped to tokens with the tokenizer's
@@ -203,6 +204,9 @@ def reduce_batch(h: torch.Tensor, batch: Batch, aggregate: str) -> torch.Tensor:
     """Reduce one site's activations ``[b, t, d]`` to per-example vectors ``[b, d]``
     (or, for ``all``, to the flat list of real tokens ``[n_tokens, d]``)."""
     h = h.float()
+    if batch.attention_mask.device != h.device:
+        # a model split over devices (device_map="auto"): this block lives elsewhere
+        batch = Batch(*(t.to(h.device) for t in vars(batch).values()))
     if aggregate == "response_mean" or aggregate == "prompt_mean":
         mask = batch.response_mask if aggregate == "response_mean" else batch.prompt_mask
         counts = mask.sum(-1, keepdim=True)
@@ -248,6 +252,86 @@ def encode_all(tokenizer, examples: Sequence[ChatExample]) -> list[Encoded]:
     return out
 
 
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id or 0
+
+
+def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
+    """Indices of ``encoded`` sorted by length (stable: ties keep input order), cut into batches."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+@dataclass
+class _Partial:
+    """What one process accumulated over its batches (sums on each site's device, rows on CPU)."""
+
+    sums: dict[Site, torch.Tensor]
+    count: int
+    n_tokens: int
+    kept: dict[Site, list[tuple[int, torch.Tensor]]]
+
+
+def _capture_batches(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    batches: Sequence[Sequence[int]],
+    sites: list[Site],
+    *,
+    aggregate: str,
+    pad_id: int,
+    keep_per_example: bool,
+    padding_side: str,
+    early_stop: bool,
+    bar,
+) -> _Partial:
+    """Run the given batches (lists of indices into ``encoded``) and reduce them."""
+    device = next(model.parameters()).device
+    sums: dict[Site, torch.Tensor] = {}
+    kept: dict[Site, list[tuple[int, torch.Tensor]]] = {s: [] for s in sites}
+    count = 0
+    n_tokens = 0
+    for idx in batches:
+        batch = collate([encoded[i] for i in idx], pad_id, padding_side, device)
+        inputs = dict(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        )
+        if early_stop:
+            acts = run_until(model, sites, **inputs)
+        else:
+            with record(model, sites) as acts, torch.no_grad():
+                model(**inputs, use_cache=False)
+        n_tokens += int(batch.attention_mask.sum())
+        for j, s in enumerate(sites):
+            red = reduce_batch(acts[s], batch, aggregate)
+            if j == 0:
+                count += int(red.shape[0])
+            sums[s] = sums.get(
+                s, torch.zeros(red.shape[-1], dtype=torch.float64, device=red.device)
+            ) + red.double().sum(0)
+            if keep_per_example:
+                if aggregate == "all":
+                    lens = batch.attention_mask.sum(-1).tolist()
+                    for i, chunk in zip(idx, red.split(lens), strict=True):
+                        kept[s].append((i, chunk.cpu()))
+                else:
+                    for i, row in zip(idx, red, strict=True):
+                        kept[s].append((i, row.cpu()))
+        bar.update(len(idx))
+    return _Partial(sums, count, n_tokens, kept)
+
+
+def _check_encoded(encoded: Sequence[Encoded], aggregate: str) -> None:
+    if aggregate == "response_mean" and any(e.response_end == e.response_start for e in encoded):
+        raise ValueError(
+            "aggregate 'response_mean' needs an answer for every example; use 'last' or 'prompt_mean'"
+        )
+
+
 def capture(
     model: nn.Module,
     tokenizer,
@@ -260,11 +344,23 @@ def capture(
     padding_side: str = "right",
     progress: bool | str = True,
     early_stop: bool = True,
+    distributed: bool = False,
+    group=None,
+    shard: str = "batches",
 ) -> CaptureResult:
     """Capture and reduce activations of ``examples`` at ``sites``.
 
     Examples are batched in order of length (less padding) and the forward pass stops after the
     deepest site. Sums are kept in float64; per-example vectors only if ``keep_per_example``.
+
+    ``distributed=True`` splits the examples over the processes of ``group`` (default: the
+    initialized torch.distributed default group; every process must call ``capture`` with the same
+    arguments), all-reduces the sums and counts and all-gathers the per-example vectors in input
+    order: every process returns the single-process result. ``shard`` is ``"batches"`` (the
+    single-process length-sorted batches, dealt round-robin: per-example vectors are computed in
+    the very batches one process would use), ``"contiguous"`` or ``"strided"`` (example index
+    ranges or ``i % world_size``; each process tokenizes only its own examples). Only rank 0 shows
+    a progress bar. See :mod:`saetools.distributed`.
     """
     from .sites import n_layers as count_layers
 
@@ -277,68 +373,60 @@ def capture(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     sites = parse_sites(sites, count_layers(model))
-    encoded = encode_all(tokenizer, examples)
-    if aggregate == "response_mean" and any(e.response_end == e.response_start for e in encoded):
-        raise ValueError(
-            "aggregate 'response_mean' needs an answer for every example; use 'last' or 'prompt_mean'"
+    from .distributed import SHARDS
+
+    if shard not in SHARDS:
+        raise ValueError(f"unknown shard {shard!r}; choose one of {', '.join(SHARDS)}")
+    if distributed:
+        from .distributed import capture_distributed
+
+        return capture_distributed(
+            model,
+            tokenizer,
+            examples,
+            sites,
+            aggregate=aggregate,
+            batch_size=batch_size,
+            keep_per_example=keep_per_example,
+            padding_side=padding_side,
+            progress=progress,
+            early_stop=early_stop,
+            group=group,
+            shard=shard,
         )
-    device = next(model.parameters()).device
-    pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    sums: dict[Site, torch.Tensor] = {}
-    kept: dict[Site, list[tuple[int, torch.Tensor]]] = {s: [] for s in sites}
-    count = 0
-    n_tokens = 0
+    if group is not None:
+        raise ValueError("group= is given but distributed=False; pass distributed=True")
+    encoded = encode_all(tokenizer, examples)
+    _check_encoded(encoded, aggregate)
+    batches = length_batches(encoded, batch_size)
     desc = progress if isinstance(progress, str) else "capture"
-    bar = tqdm(total=len(order), desc=desc, disable=not progress, unit="ex", leave=False)
+    bar = tqdm(total=len(encoded), desc=desc, disable=not progress, unit="ex", leave=False)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([encoded[i] for i in idx], pad_id, padding_side, device)
-            inputs = dict(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            )
-            if early_stop:
-                acts = run_until(model, sites, **inputs)
-            else:
-                with record(model, sites) as acts, torch.no_grad():
-                    model(**inputs, use_cache=False)
-            n_tokens += int(batch.attention_mask.sum())
-            for j, s in enumerate(sites):
-                red = reduce_batch(acts[s], batch, aggregate)
-                if j == 0:
-                    count += int(red.shape[0])
-                sums[s] = sums.get(
-                    s, torch.zeros(red.shape[-1], dtype=torch.float64, device=device)
-                ) + red.double().sum(0)
-                if keep_per_example:
-                    if aggregate == "all":
-                        lens = batch.attention_mask.sum(-1).tolist()
-                        for i, chunk in zip(idx, red.split(lens), strict=True):
-                            kept[s].append((i, chunk.cpu()))
-                    else:
-                        for i, row in zip(idx, red, strict=True):
-                            kept[s].append((i, row.cpu()))
-            bar.update(len(idx))
+        part = _capture_batches(
+            model,
+            encoded,
+            batches,
+            sites,
+            aggregate=aggregate,
+            pad_id=_pad_id(tokenizer),
+            keep_per_example=keep_per_example,
+            padding_side=padding_side,
+            early_stop=early_stop,
+            bar=bar,
+        )
     finally:
         bar.close()
     per_example = None
     if keep_per_example:
         per_example = {}
         for s in sites:
-            rows = [r for _, r in sorted(kept[s], key=lambda x: x[0])]
+            rows = [r for _, r in sorted(part.kept[s], key=lambda x: x[0])]
             per_example[s] = torch.cat(rows) if aggregate == "all" else torch.stack(rows)
     return CaptureResult(
         sites=list(sites),
         aggregate=aggregate,
-        sums={s: v.cpu() for s, v in sums.items()},
-        count=count,
+        sums={s: v.cpu() for s, v in part.sums.items()},
+        count=part.count,
         per_example=per_example,
-        n_tokens=n_tokens,
+        n_tokens=part.n_tokens,
     )

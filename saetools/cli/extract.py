@@ -73,6 +73,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import probes
 
+    from ..distributed import init_from_env
     from ..extract.diffmeans import extract_diffmeans
     from ..plots import layer_report, write_html
 
@@ -84,10 +85,14 @@ def run(args) -> int:
     if args.method != "modeldiff" and (args.model_b or args.adapter_b or args.pca):
         raise ValueError("--model-b, --adapter-b and --pca belong to --method modeldiff")
     ps = probes.load(args.probes)
+    # Under torchrun / accelerate launch: join the process group, one device per rank; each rank
+    # captures a share of the examples, rank 0 writes (see docs/scaling.md).
+    launch = init_from_env(args.device)
+    args.device = launch.device
     lm = load_model_from_args(args)
     t0 = time.perf_counter()
     if args.method == "modeldiff":
-        return _run_modeldiff(args, ps, lm, out, report, t0)
+        return _run_modeldiff(args, ps, lm, out, report, t0, launch.active)
     ds = extract_diffmeans(
         lm.model,
         lm.tokenizer,
@@ -97,7 +102,10 @@ def run(args) -> int:
         batch_size=args.batch_size,
         model_id=lm.model_id,
         progress=not args.quiet,
+        distributed=launch.active,
     )
+    if not launch.is_main:
+        return 0
     ds.save(out)
     best = ds.best_site()
     st = ds.stats(best)
@@ -111,7 +119,8 @@ def run(args) -> int:
     return 0
 
 
-def _run_modeldiff(args, ps, lm, out, report, t0) -> int:
+def _run_modeldiff(args, ps, lm, out, report, t0, distributed: bool = False) -> int:
+    from ..distributed import is_main_process
     from ..extract.modeldiff import extract_modeldiff
     from ..models import load_model
     from ..plots import layer_report, write_html
@@ -135,7 +144,10 @@ def _run_modeldiff(args, ps, lm, out, report, t0) -> int:
         model_id_a=lm.model_id,
         model_id_b=lm_b.model_id,
         progress=not args.quiet,
+        distributed=distributed,
     )
+    if not is_main_process():
+        return 0
     ds.save(out)
     print(
         f"wrote {out}: {len(ds.sites)} sites, B minus A = {lm_b.model_id} minus {lm.model_id}, "

@@ -40,11 +40,17 @@ def extract_diffmeans(
     test_split: str | None = "test",
     model_id: str | None = None,
     progress: bool = True,
+    distributed: bool = False,
+    group=None,
 ) -> DirectionSet:
     """Extract difference-of-means directions from a ``pairs`` probe set.
 
     ``probes`` is a :class:`probes.ProbeSet`. Raw vectors are stored; per-site statistics (norm,
     held-out AUROC and Cohen's d, aligned/misaligned mean projections) go into the metadata.
+
+    ``distributed=True``: every process of the torch.distributed ``group`` (default group) captures a
+    share of the examples and all processes return the same DirectionSet as one process would (see
+    :mod:`saetools.distributed`); call it on every rank, write files on rank 0 only.
     """
     from ..models import fingerprint
 
@@ -58,7 +64,7 @@ def extract_diffmeans(
     train = probes.split(train_split) if has_splits else probes
     test = probes.split(test_split) if has_splits else probes
     al_tr, mis_tr = pair_examples(train.items)
-    kw = dict(aggregate=aggregate, batch_size=batch_size)
+    kw = dict(aggregate=aggregate, batch_size=batch_size, distributed=distributed, group=group)
     cap_al = capture(
         model, tokenizer, al_tr, site_list, progress="aligned (train)" if progress else False, **kw
     )

@@ -93,6 +93,8 @@ def extract_modeldiff(
     model_id_a: str | None = None,
     model_id_b: str | None = None,
     progress: bool = True,
+    distributed: bool = False,
+    group=None,
 ) -> DirectionSet:
     """Per-site mean activation difference B - A over the same texts (see the module docstring).
 
@@ -101,6 +103,10 @@ def extract_modeldiff(
     difference), ``frac_positive``, ``activation_norm_mean``; with ``pca`` also ``explained`` (share
     of the per-example differences' squared norm, or variance if centered, per component) and
     ``mean_diff_norm``.
+
+    ``distributed=True``: each chunk's examples are shared out over the processes of the
+    torch.distributed ``group`` (default group) and gathered back, so every rank returns the
+    single-process DirectionSet (see :mod:`saetools.distributed`); write files on rank 0 only.
     """
     from ..models import fingerprint
 
@@ -132,7 +138,13 @@ def extract_modeldiff(
     diffs: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
     count = 0
     n_tokens = 0
-    kw = dict(aggregate=aggregate, batch_size=batch_size, keep_per_example=True)
+    kw = dict(
+        aggregate=aggregate,
+        batch_size=batch_size,
+        keep_per_example=True,
+        distributed=distributed,
+        group=group,
+    )
     for start in range(0, len(examples), chunk_size):
         chunk = examples[start : start + chunk_size]
         tag = f" {start // chunk_size + 1}" if len(examples) > chunk_size else ""
