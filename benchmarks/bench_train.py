@@ -11,7 +11,8 @@ token ids, loss on the last 64 positions), AdamW.
   resident memory) belongs to that configuration alone; each child also times ``--steps`` steps,
   which is only trustworthy on a quiet machine.
 
-Configurations: plain (no term), kl, directional-kl (all 30 blocks), directional-l2 (all blocks),
+Configurations: plain (no term), kl, directional-kl (all 30 blocks), directional-kl@15 (one site,
+blocks.15.hook_resid_post), directional-l2 (all blocks),
 ldifs (5 blocks), steer (all blocks), ablate (all blocks). Directions are random unit vectors: the
 cost does not depend on their values.
 
@@ -31,7 +32,16 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("plain", "kl", "directional-kl", "directional-l2", "ldifs", "steer", "ablate")
+CONFIGS = (
+    "plain",
+    "kl",
+    "directional-kl",
+    "directional-kl@15",
+    "directional-l2",
+    "ldifs",
+    "steer",
+    "ablate",
+)
 
 
 def _setup(threads: int, batch: int, tokens: int):
@@ -66,6 +76,8 @@ def _terms(name: str, ds):
         "plain": [],
         "kl": [KL(weight=1.0)],
         "directional-kl": [DirectionalKL(ds, "all", weight=1.0)],
+        # one site, as in the CLI example
+        "directional-kl@15": [DirectionalKL(ds, "blocks.15.hook_resid_post", weight=1.0)],
         "directional-l2": [DirectionalL2(ds, "all", weight=1.0)],
         "ldifs": [LDIFS(weight=1.0)],
         "steer": [Steer(ds, "all", alpha=1.0)],
