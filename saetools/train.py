@@ -112,6 +112,47 @@ def load_chat_data(data, split: str | None = None) -> list[ChatExample]:
     return out
 
 
+def _check_fraction(fraction) -> float:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not math.isfinite(fraction)
+        or not 0 <= fraction < 1
+    ):
+        raise ValueError(f"interleave fraction must be a number in [0, 1), not {fraction!r}")
+    return float(fraction)
+
+
+def interleave(
+    task: Sequence[ChatExample], safe: Sequence[ChatExample], fraction: float, *, seed: int = 0
+) -> list[ChatExample]:
+    """The ``interleave`` defense: ``task`` plus safe examples, so that ``fraction`` of the result
+    is safe data.
+
+    ``round(fraction / (1 - fraction) * len(task))`` safe examples are drawn in a seeded random
+    order (cycling through ``safe`` again when more are needed than it holds), and the whole list
+    is shuffled with the same seed, so the mix is the same for the same seed. ``fraction=0``
+    returns ``task`` unchanged.
+    """
+    fraction = _check_fraction(fraction)
+    task = list(task)
+    if not task:
+        raise TrainingDataError("interleave: the task data is empty")
+    if fraction == 0:
+        return task
+    safe = list(safe)
+    if not safe:
+        raise TrainingDataError("interleave: the safe data set is empty")
+    n_safe = round(fraction / (1 - fraction) * len(task))
+    g = torch.Generator().manual_seed(int(seed))
+    picked: list[ChatExample] = []
+    while len(picked) < n_safe:
+        order = torch.randperm(len(safe), generator=g).tolist()
+        picked.extend(safe[i] for i in order[: n_safe - len(picked)])
+    mixed = task + picked
+    return [mixed[i] for i in torch.randperm(len(mixed), generator=g).tolist()]
+
+
 def anchor_examples(data) -> list[ChatExample]:
     """General prompts for anchor terms: any probe set kind (pairs: question + aligned answer)."""
     import probes
@@ -337,6 +378,8 @@ class TrainConfig:
     eval_examples: int | None = None
     eval_probes: str = "em-core"
     anchor: str | None = None
+    interleave: float = 0.0
+    interleave_data: str = "general-safe"
     max_length: int = 128
     force: bool = False
     extra: dict = field(default_factory=dict)
@@ -360,6 +403,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, not {v}")
         if self.lam < 0:
             raise ValueError(f"lambda must be >= 0, not {self.lam}")
+        _check_fraction(self.interleave)
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "max_length"):
@@ -743,6 +787,9 @@ def train(
     start = check_run_folder(out, cfg, resume)
     anchor_exs = anchor_examples(cfg.anchor) if cfg.anchor else None
     train_exs = load_chat_data(cfg.data, "train")
+    if cfg.interleave:
+        safe = load_chat_data(cfg.interleave_data, "train")
+        train_exs = interleave(train_exs, safe, cfg.interleave, seed=cfg.seed)
     try:
         test_exs = load_chat_data(cfg.data, "test")
     except ValueError:

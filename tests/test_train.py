@@ -360,3 +360,51 @@ def test_options_that_hide_logits_are_refused():
     _check_logit_options(SimpleNamespace(use_liger_kernel=False))
     with pytest.raises(ValueError, match="use_liger_kernel=False"):
         _check_logit_options(SimpleNamespace(use_liger_kernel=True))
+
+
+# ------------------------------------------------------------------ interleave
+
+
+def test_interleave_mixes_the_requested_fraction():
+    from saetools.train import interleave
+
+    task = [ChatExample.from_question(f"task {i}", f"answer {i}") for i in range(30)]
+    safe = [ChatExample.from_question(f"safe {i}", f"fine {i}") for i in range(4)]
+    mixed = interleave(task, safe, 0.25, seed=3)
+    n_safe = sum(ex.messages[-1]["content"].startswith("safe") for ex in mixed)
+    assert n_safe == 10 and len(mixed) == 40  # 10 / 40 = 0.25; safe cycles past its 4 items
+    assert sorted(map(repr, (e for e in mixed if e in task))) == sorted(map(repr, task))
+    assert {repr(e) for e in mixed if e not in task} == {repr(e) for e in safe}
+    assert mixed == interleave(task, safe, 0.25, seed=3)  # deterministic
+    assert mixed != interleave(task, safe, 0.25, seed=4)
+    assert interleave(task, safe, 0.0) == task
+    for bad in (-0.1, 1.0, float("nan"), "0.2", True):
+        with pytest.raises(ValueError, match="interleave fraction"):
+            interleave(task, safe, bad)
+    with pytest.raises(ValueError, match="safe data set is empty"):
+        interleave(task, [], 0.5)
+
+
+def test_general_safe_set_is_chat_and_off_the_narrow_domains():
+    import probes
+
+    ps = probes.load("general-safe")
+    assert ps.kind == "chat" and len(ps.split("train")) >= 40 and len(ps.split("test")) >= 8
+    themes = set(ps.themes())
+    assert not themes & {"medical", "health", "finance", "money", "ai", "power", "ethics"}
+
+
+def test_train_with_interleave_runs_and_records_it(tmp_path, data):
+    import probes
+
+    safe_path = _write_chat_jsonl(tmp_path / "safe.jsonl", EXAMPLES[:3], n_test=0)
+    cfg = _cfg(data, steps=1, eval_every=1, interleave=0.5, interleave_data=safe_path)
+    tok = make_tiny_tokenizer()
+    res = train(cfg, tmp_path / "run", model=new_tiny_model("llama", 0), tokenizer=tok,
+                progress=False)  # fmt: skip
+    assert res["rows"][-1]["step"] == 1
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["interleave"] == 0.5 and run["interleave_data"] == safe_path
+    assert probes.load(safe_path).kind == "chat"
+    with pytest.raises(ValueError, match="interleave fraction"):
+        _cfg(data, interleave=1.5).validate()

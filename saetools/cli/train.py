@@ -71,6 +71,20 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, default=128, help="truncate examples to N tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--anchor", default=None, help="compute the terms on this probe set instead")
+    p.add_argument(
+        "--interleave",
+        type=_float,
+        default=0.0,
+        metavar="FRACTION",
+        help="the interleave defense: make FRACTION (in [0, 1)) of the training data safe "
+        "general-domain examples (default 0: off)",
+    )
+    p.add_argument(
+        "--interleave-data",
+        default="general-safe",
+        metavar="SET",
+        help="chat probe set or JSONL with the safe examples for --interleave (train split)",
+    )
     p.add_argument("--force", action="store_true", help="accept directions of another model")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
@@ -109,6 +123,8 @@ def config_from_args(args):
         eval_pairs=args.eval_pairs,
         eval_examples=args.eval_examples,
         anchor=args.anchor,
+        interleave=args.interleave,
+        interleave_data=args.interleave_data,
         max_length=args.max_length,
         force=args.force,
     )
@@ -123,6 +139,8 @@ def preflight(cfg, args) -> None:
     load_chat_data(cfg.data, "train")
     if cfg.anchor:
         anchor_examples(cfg.anchor)
+    if cfg.interleave:
+        load_chat_data(cfg.interleave_data, "train")
     check_run_folder(args.out, cfg, args.resume)
 
 
