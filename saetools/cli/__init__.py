@@ -17,6 +17,8 @@ _COMMAND_MODULES = (
     "interop",
     "sae",
     "serve",
+    "eval",
+    "screen",
 )
 
 

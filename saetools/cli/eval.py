@@ -1,0 +1,206 @@
+"""``saetools eval``: misalignment, coherence and narrow-task metrics, with an optional LLM judge."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .common import add_model_options, load_model_from_args
+from .steer import _NEGATIVE_LIST
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure misalignment (offline and judged), coherence and narrow-task metrics",
+        description=(
+            "Evaluate a model (optionally with an adapter and steering): logprob contrast on em-core "
+            "test pairs, projection of the model's own answers to em-eval on a direction, an LLM "
+            "judge's alignment and coherence scores of sampled answers (any OpenAI-compatible "
+            "endpoint, or 'local' to serve one in-process), neutral-text perplexity, narrow-task "
+            "held-out losses and opswap accuracy. Writes eval.json, samples.jsonl and report.html "
+            "into --out. See docs/evaluation.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_options(p)
+    p.add_argument(
+        "--suite",
+        default="em",
+        help="em, coherence, narrow, all, or a comma list",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    d = p.add_argument_group("direction (projection) and steering")
+    d.add_argument("--directions", default=None, metavar="FILE", help="direction file")
+    d.add_argument(
+        "--site",
+        default=None,
+        help="site of the projection (default: the file's best site) and of the steering",
+    )
+    d.add_argument(
+        "--alpha",
+        default=None,
+        help="steer while evaluating: add alpha times the unit direction at --site "
+        "(a number or site=alpha,...); without --alpha (and with --op add) nothing is steered",
+    )
+    d.add_argument("--op", default="add", choices=["add", "ablate", "clamp"])
+    d.add_argument("--value", default=None, help="clamp value: number, 'aligned', 'misaligned'")
+    d.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    v = d.add_mutually_exclusive_group()
+    v.add_argument("--unit", dest="unit", action="store_true", default=True)
+    v.add_argument("--raw", dest="unit", action="store_false")
+    d.add_argument("--force", action="store_true", help="use a direction file of another model")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--samples", type=int, default=4, help="answers per em-eval question")
+    s.add_argument("--max-new-tokens", type=int, default=96)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--questions", default="em-eval", help="questions probe set")
+    s.add_argument("--opswap-limit", type=int, default=None, help="score only N opswap items")
+    j = p.add_argument_group("judge (any OpenAI-compatible endpoint)")
+    j.add_argument(
+        "--judge-url",
+        default=os.environ.get("SAETOOLS_JUDGE_URL"),
+        help="base URL ending in /v1 (default $SAETOOLS_JUDGE_URL), or 'local' to serve "
+        "--judge-model in-process; none: no judged metrics",
+    )
+    j.add_argument(
+        "--judge-model",
+        default=os.environ.get("SAETOOLS_JUDGE_MODEL"),
+        help="judge model id (default $SAETOOLS_JUDGE_MODEL; with --judge-url local a model "
+        "for load_model, default 'default')",
+    )
+    j.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the judge's API key",
+    )
+    j.add_argument("--judge-prompts", default=None, metavar="FILE", help="judge prompt file")
+    j.add_argument("--judge-concurrency", type=int, default=8)
+    j.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per request")
+    j.add_argument("--judge-retries", type=int, default=3)
+    j.add_argument("--judge-top-logprobs", type=int, default=20)
+    j.add_argument(
+        "--judge-method",
+        default="logprobs",
+        choices=["logprobs", "sample"],
+        help="logprobs: expected value over the first token's top log-probabilities (needs a judge "
+        "whose tokenizer has whole-number tokens 0-100); sample: mean of --judge-samples replies",
+    )
+    j.add_argument("--judge-samples", type=int, default=10, help="replies per answer (sample)")
+    j.add_argument(
+        "--min-mass",
+        type=float,
+        default=0.25,
+        help="least probability on integer tokens for a score (else None)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_eval)
+    p._negative_number_matcher = _NEGATIVE_LIST
+
+
+def _interventions(args, ds, lm):
+    from ..steer import interventions_from_directions, parse_site_alphas
+
+    if ds is None:
+        if args.alpha is not None or args.op != "add":
+            raise ValueError("steering (--alpha, --op) needs --directions")
+        return []
+    if args.op == "add" and args.alpha is None:
+        return []
+    if args.op == "clamp" and args.value is None:
+        raise ValueError("--op clamp needs --value")
+    value = args.value
+    if value is not None:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return interventions_from_directions(
+        ds,
+        args.site,
+        args.op,
+        parse_site_alphas(args.alpha) if args.alpha is not None else 1.0,
+        value=value,
+        unit=args.unit,
+        positions=args.positions,
+        n_layers=lm.n_layers,
+    )
+
+
+def run_eval(args) -> int:
+    import contextlib
+
+    import torch
+
+    from ..directions import DirectionSet
+    from ..evaluate import JudgeConfig, evaluate, local_judge, parse_suites, write_results
+
+    suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
+    if args.samples < 1:
+        raise ValueError("--samples must be >= 1")
+    if args.directions and not os.path.isfile(args.directions):
+        raise FileNotFoundError(f"direction file {args.directions} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = JudgeConfig(
+        base_url=args.judge_url or "",
+        model=args.judge_model or "",
+        api_key_env=args.judge_key_env,
+        top_logprobs=args.judge_top_logprobs,
+        min_mass=args.min_mass,
+        timeout=args.judge_timeout,
+        max_retries=args.judge_retries,
+        concurrency=args.judge_concurrency,
+        prompts=args.judge_prompts,
+        method=args.judge_method,
+        samples=args.judge_samples,
+    )
+    if args.judge_url and args.judge_url != "local" and not args.judge_model:
+        raise ValueError("--judge-url needs --judge-model (or $SAETOOLS_JUDGE_MODEL)")
+    lm = load_model_from_args(args)
+    ds = None
+    site = args.site
+    if args.directions:
+        ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
+        if site is None:
+            site = ds.best_site()
+            args.site = site
+    ivs = _interventions(args, ds, lm)
+    proj_site = site.split(",")[0].split("=")[0].strip() if site else None
+    with contextlib.ExitStack() as stack:
+        judge = None
+        if args.judge_url == "local":
+            judge = stack.enter_context(local_judge(args.judge_model or "default", config=base))
+        elif args.judge_url:
+            judge = base
+        res = evaluate(
+            lm.model,
+            lm.tokenizer,
+            suites=suites,
+            interventions=ivs,
+            directions=ds,
+            site=proj_site,
+            judge=judge,
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            questions=args.questions,
+            opswap_limit=args.opswap_limit,
+            model_id=lm.model_id,
+            progress=not args.quiet,
+        )
+    res["adapter"] = args.adapter
+    paths = write_results(res, args.out)
+    from ..evaluate import _headline
+
+    for k, v in _headline(res):
+        print(f"{k:>44}: {v}")
+    print(f"wrote {paths['json']}, {paths['samples']}, {paths['html']}", file=sys.stderr)
+    return 0
