@@ -577,6 +577,30 @@ class _Positions:
         return out
 
 
+def _is_intervention(x) -> bool:
+    """An :class:`Intervention`, or any object with the same protocol: ``site``, ``positions``,
+    ``check(model) -> Site`` and ``apply(h) -> h`` (e.g. :class:`saetools.sae.LatentClamp`)."""
+    return isinstance(x, Intervention) or (
+        hasattr(x, "site")
+        and hasattr(x, "positions")
+        and callable(getattr(x, "check", None))
+        and callable(getattr(x, "apply", None))
+    )
+
+
+def _as_list(interventions) -> list:
+    if _is_intervention(interventions):
+        return [interventions]
+    out = list(interventions)
+    for iv in out:
+        if not _is_intervention(iv):
+            raise SteeringError(
+                f"expected Intervention objects (or objects with site, positions, check(model) and apply(h)), "
+                f"got {type(iv).__name__}"
+            )
+    return out
+
+
 def _make_fn(iv: Intervention, pos: _Positions):
     def fn(h: torch.Tensor) -> torch.Tensor | None:
         m = pos.mask(iv.positions, h)
@@ -601,14 +625,10 @@ class steer:  # noqa: N801 - used like a function: ``with steer(model, intervent
     """
 
     def __init__(self, model: nn.Module, interventions, *, prompt_len=None):
-        if isinstance(interventions, Intervention):
-            interventions = [interventions]
         self.model = model
-        self.interventions = list(interventions)
+        self.interventions = _as_list(interventions)
         self.sites: list[Site] = []
         for iv in self.interventions:
-            if not isinstance(iv, Intervention):
-                raise SteeringError(f"expected Intervention objects, got {type(iv).__name__}")
             self.sites.append(iv.check(model))
         self.positions = _Positions(prompt_len)
         self._hooks = hooks(
@@ -700,8 +720,7 @@ def tl_fwd_hooks(
     Without ``positions`` only ``positions="all"`` interventions work (there is no cache offset to
     read); :func:`steer_tl` tracks positions through the bridge's HF model.
     """
-    if isinstance(interventions, Intervention):
-        interventions = [interventions]
+    interventions = _as_list(interventions)
     out = []
     for iv in interventions:
         name = _tl_check(bridge, iv) if bridge is not None else parse_site(iv.site, 10**6).name
@@ -722,8 +741,7 @@ def tl_fwd_hooks(
 @contextmanager
 def steer_tl(bridge, interventions, *, prompt_len=None) -> Iterator[_Positions]:
     """Steer a ``TransformerBridge`` with TL hook names; hooks are removed on exit, whatever happens."""
-    if isinstance(interventions, Intervention):
-        interventions = [interventions]
+    interventions = _as_list(interventions)
     for iv in interventions:
         _tl_check(bridge, iv)
     pos = _Positions(prompt_len)
@@ -866,8 +884,7 @@ def generate(
         raise SteeringError(f"batch_size must be >= 1, not {batch_size}")
     if temperature is None or temperature < 0 or not math.isfinite(temperature):
         raise SteeringError(f"temperature must be >= 0, not {temperature}")
-    if isinstance(interventions, Intervention):
-        interventions = [interventions]
+    interventions = _as_list(interventions)
     if any(isinstance(iv.positions, torch.Tensor) for iv in interventions):
         raise SteeringError(
             "generate() batches prompts in its own order; an explicit position mask cannot follow that. "

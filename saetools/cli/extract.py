@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument(
         "--method",
         default="diffmeans",
-        choices=["diffmeans", "modeldiff"],
+        choices=["diffmeans", "modeldiff", "sae"],
         help="extraction method",
     )
     p.add_argument(
@@ -62,6 +62,26 @@ def register(sub) -> None:
         help="keep the top-K principal components of the per-example differences as a basis",
     )
     g.add_argument("--split", default=None, help="probe split to run (default: all items)")
+    s = p.add_argument_group("sae (--method sae): decoder rows of SAE latents")
+    s.add_argument("--sae", default=None, help="SAE folder (sae-lens format) or release:sae_id")
+    s.add_argument("--sae-site", default=None, help="the SAE's site if its cfg.json lacks it")
+    s.add_argument(
+        "--latents",
+        default=None,
+        help="comma list of latent ids (default: the top --top-latents of the ranking on --probes)",
+    )
+    s.add_argument(
+        "--top-latents", type=int, default=1, help="latents to take when --latents is not given"
+    )
+    s.add_argument(
+        "--by", default="diff", choices=["diff", "auroc", "cohens_d"], help="ranking statistic"
+    )
+    s.add_argument(
+        "--combine",
+        default=None,
+        choices=["sum", "mean"],
+        help="store one combined vector instead of one row per latent",
+    )
     p.add_argument("--out", required=True, help="direction file to write (.safetensors)")
     p.add_argument(
         "--report", default=None, help="optional HTML file: separation and norm by layer"
@@ -84,6 +104,14 @@ def run(args) -> int:
         raise ValueError("--method modeldiff needs a second model: --model-b and/or --adapter-b")
     if args.method != "modeldiff" and (args.model_b or args.adapter_b or args.pca):
         raise ValueError("--model-b, --adapter-b and --pca belong to --method modeldiff")
+    if args.method == "sae" and not args.sae:
+        raise ValueError("--method sae needs --sae (an SAE folder or release:sae_id)")
+    if args.method != "sae" and (args.sae or args.latents or args.combine):
+        raise ValueError("--sae, --latents and --combine belong to --method sae")
+    if args.method == "sae" and args.latents is not None:
+        from ..sae import parse_latents
+
+        parse_latents(args.latents)
     ps = probes.load(args.probes)
     # Under torchrun / accelerate launch: join the process group, one device per rank; each rank
     # captures a share of the examples, rank 0 writes (see docs/scaling.md).
@@ -93,6 +121,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if args.method == "modeldiff":
         return _run_modeldiff(args, ps, lm, out, report, t0, launch.active)
+    if args.method == "sae":
+        if launch.active:
+            raise ValueError("--method sae runs in one process; launch it without torchrun")
+        return _run_sae(args, ps, lm, out, report, t0)
     ds = extract_diffmeans(
         lm.model,
         lm.tokenizer,
@@ -157,5 +189,51 @@ def _run_modeldiff(args, ps, lm, out, report, t0, distributed: bool = False) -> 
     print(f"largest shift at {top}: norm {ds.stats(top)['norm']:.3f}")
     if report:
         write_html(layer_report(ds), report)
+        print(f"wrote {report}")
+    return 0
+
+
+def _run_sae(args, ps, lm, out, report, t0) -> int:
+    from ..extract.sae import directions_from_latents, latent_report, rank_latents
+    from ..plots import write_html
+    from ..sae import load_sae, parse_latents
+
+    sae = load_sae(args.sae, model=lm.model, site=args.sae_site, device=args.device)
+    if args.sites not in ("all", sae.site):
+        raise ValueError(
+            f"--method sae uses the SAE's site {sae.site}; drop --sites or give that site"
+        )
+    ids = sae.check_latents(parse_latents(args.latents)) if args.latents else None
+    r = rank_latents(
+        lm.model,
+        lm.tokenizer,
+        sae,
+        ps,
+        by=args.by,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    if ids is None:
+        ids = r.top(args.top_latents)
+    ds = directions_from_latents(
+        sae, ids, combine=args.combine, ranking=r, model=lm.model, model_id=lm.model_id
+    )
+    ds.save(out)
+    st = ds.stats(sae.site)
+    print(
+        f"wrote {out}: decoder rows of latent(s) {', '.join(map(str, ids))} of {sae.source} at {sae.site} "
+        f"({'combined: ' + args.combine if args.combine else 'one row per latent'}) in "
+        f"{time.perf_counter() - t0:.1f}s"
+    )
+    for j in ids:
+        row = r.row(j)
+        extra = f", held-out AUROC {row['test_auroc']:.3f}" if "test_auroc" in row else ""
+        print(f"latent {j}: diff {row['diff']:.3f}, AUROC {row['auroc']:.3f}{extra}")
+    if "auroc" in st:
+        print(
+            f"direction: held-out AUROC {st['auroc']:.3f}, Cohen's d {st['cohens_d']:.2f}, norm {st['norm']:.3f}"
+        )
+    if report:
+        write_html(latent_report(r), report)
         print(f"wrote {report}")
     return 0

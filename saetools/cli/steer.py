@@ -15,15 +15,17 @@ from .common import add_model_options, check_output_path, load_model_from_args
 _NEGATIVE_LIST = re.compile(r"^-\d[\d.,:eE+-]*$|^-\.\d")
 
 
-def _add_direction_options(p: argparse.ArgumentParser, *, multi: bool) -> None:
+def _add_direction_options(
+    p: argparse.ArgumentParser, *, multi: bool, required: bool = True
+) -> None:
     p.add_argument(
         "--directions",
-        required=True,
+        required=required,
         metavar="FILE",
         help="direction file (.safetensors) from `saetools extract`",
     )
     if multi:
-        g = p.add_mutually_exclusive_group(required=True)
+        g = p.add_mutually_exclusive_group(required=required)
         g.add_argument("--site", help="one site, e.g. blocks.15.hook_resid_post")
         g.add_argument(
             "--sites",
@@ -69,7 +71,18 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_options(p)
-    _add_direction_options(p, multi=True)
+    _add_direction_options(p, multi=True, required=False)
+    sg = p.add_argument_group("SAE latent clamping (instead of, or with, --directions)")
+    sg.add_argument("--sae", default=None, help="SAE folder (sae-lens format) or release:sae_id")
+    sg.add_argument("--sae-site", default=None, help="the SAE's site if its cfg.json lacks it")
+    sg.add_argument(
+        "--clamp-latent",
+        action="append",
+        default=None,
+        metavar="ID=VALUE",
+        help="set SAE latent ID to VALUE at the SAE's site, keeping the SAE's error term (repeat, or "
+        "give a comma list: 123=0,456=5)",
+    )
     p.add_argument("--op", default="add", choices=["add", "ablate", "clamp"], help="the operator")
     p.add_argument(
         "--alpha",
@@ -177,28 +190,52 @@ def run_steer(args) -> int:
 
     out = check_output_path(args.json, "JSON")
     alpha = parse_site_alphas(args.alpha)
-    if args.op == "clamp" and args.value is None:
+    if args.directions is None and args.sae is None:
+        raise SteeringError(
+            "give --directions FILE (with --site/--sites), or --sae with --clamp-latent"
+        )
+    if args.directions is not None and not (args.site or args.sites):
+        raise SteeringError("--directions needs --site or --sites")
+    if args.directions is None and (args.site or args.sites):
+        raise SteeringError("--site/--sites choose sites of --directions; an SAE has its own site")
+    if (args.sae is None) != (args.clamp_latent is None):
+        raise SteeringError("--sae and --clamp-latent go together")
+    clamps = None
+    if args.clamp_latent:
+        from ..sae import parse_clamps
+
+        clamps = parse_clamps(args.clamp_latent)
+    if args.op == "clamp" and args.value is None and args.directions is not None:
         raise SteeringError("--op clamp needs --value (a number, or 'aligned' / 'misaligned')")
     if args.max_new_tokens < 1:
         raise SteeringError("--max-new-tokens must be >= 1")
-    lm, ds = _load(args)
+    if args.directions is not None:
+        lm, ds = _load(args)
+    else:
+        lm, ds = load_model_from_args(args), None
     value = args.value
     if value is not None:
         try:
             value = float(value)
         except ValueError:
             pass
-    sites = args.site or args.sites
-    ivs = interventions_from_directions(
-        ds,
-        sites,
-        args.op,
-        alpha,
-        value=value,
-        unit=args.unit,
-        positions=args.positions,
-        n_layers=lm.n_layers,
-    )
+    ivs = []
+    if ds is not None:
+        ivs = interventions_from_directions(
+            ds,
+            args.site or args.sites,
+            args.op,
+            alpha,
+            value=value,
+            unit=args.unit,
+            positions=args.positions,
+            n_layers=lm.n_layers,
+        )
+    if clamps is not None:
+        from ..sae import LatentClamp, load_sae
+
+        sae = load_sae(args.sae, model=lm.model, site=args.sae_site, device=args.device)
+        ivs.append(LatentClamp(sae, list(clamps), list(clamps.values()), positions=args.positions))
     prompts = [
         ([{"role": "system", "content": args.system}] if args.system else [])
         + [{"role": "user", "content": q}]
@@ -213,16 +250,12 @@ def run_steer(args) -> int:
     )
     answers = generate(lm.model, lm.tokenizer, prompts, ivs, **kw)
     base = generate(lm.model, lm.tokenizer, prompts, [], **kw) if args.compare else None
-    desc = ", ".join(
-        f"{iv.op} {iv.site}"
-        + (f" alpha {iv.alpha:g}" if iv.op == "add" else "")
-        + (f" value {iv.value:g}" if iv.op == "clamp" else "")
-        for iv in ivs[:4]
-    )
+    desc = ", ".join(_describe(iv) for iv in ivs[:4])
     if len(ivs) > 4:
         desc += f", ... ({len(ivs)} sites)"
     print(
-        f"# steering: {desc}; positions {args.positions}; {'unit' if args.unit else 'raw'} vector"
+        f"# steering: {desc}; positions {args.positions}"
+        + (f"; {'unit' if args.unit else 'raw'} vector" if ds is not None else "")
     )
     rows = []
     for i, q in enumerate(args.prompt):
@@ -243,10 +276,8 @@ def run_steer(args) -> int:
                 {
                     "model_id": lm.model_id,
                     "directions": args.directions,
-                    "interventions": [
-                        {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
-                        for iv in ivs
-                    ],
+                    "sae": args.sae,
+                    "interventions": [_as_json(iv) for iv in ivs],
                     "positions": args.positions,
                     "vector": "unit" if args.unit else "raw",
                     "generation": kw,
@@ -257,6 +288,31 @@ def run_steer(args) -> int:
         )
         print(f"\nwrote {out}")
     return 0
+
+
+def _describe(iv) -> str:
+    if iv.op == "latent_clamp":
+        pairs = ", ".join(
+            f"{j}={float(v):g}"
+            for j, v in zip(iv.latents, iv.values.reshape(-1).tolist(), strict=False)
+        )
+        return f"SAE latent clamp {pairs} at {iv.site}"
+    return (
+        f"{iv.op} {iv.site}"
+        + (f" alpha {iv.alpha:g}" if iv.op == "add" else "")
+        + (f" value {iv.value:g}" if iv.op == "clamp" else "")
+    )
+
+
+def _as_json(iv) -> dict:
+    if iv.op == "latent_clamp":
+        return {
+            "site": iv.site,
+            "op": iv.op,
+            "latents": list(iv.latents),
+            "values": iv.values.reshape(-1).tolist(),
+        }
+    return {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
 
 
 def run_sweep(args) -> int:

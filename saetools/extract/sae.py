@@ -1,0 +1,771 @@
+"""SAE latents as misalignment directions: rank latents on probe answers, report them, export them.
+
+* :func:`latent_activations` runs chat examples through the model, encodes the site's activation of
+  every answer token with the SAE (hooks stop the forward after the site) and keeps, per example and
+  latent, the mean activation over the answer, the share of answer tokens where the latent fires
+  (> 0), and its largest activation and where it occurs; also each answer's mean raw activation.
+  :func:`latent_activations_from_tensors` does the same for activations you already have.
+* :func:`rank_latents` compares the misaligned and aligned answers of a ``pairs`` probe set: per
+  latent the mean activation on each side, their difference (misaligned minus aligned), firing rates
+  and AUROC (per-answer mean activation, misaligned vs aligned). The ranking uses the ``train`` split;
+  the same figures on the ``test`` split are kept as held-out separation.
+  :func:`rank_latents_modeldiff` runs the same texts through a base model A and a fine-tuned model B
+  and ranks latents by the increase B minus A.
+* :func:`latent_report` is a plotly report of the top latents with the answers and tokens that fire
+  them most; :func:`directions_from_latents` turns chosen latents' decoder rows (separately or
+  combined) into a :class:`~saetools.directions.DirectionSet` whose metadata names the SAE and the
+  latents, so steering, regularizers and export use them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..capture import ChatExample, collate, encode_all, run_until
+from ..directions import DirectionSet
+from ..sae import LoadedSAE, SAEError, load_sae
+from ..sites import parse_site
+from ..stats import cohens_d
+
+__all__ = [
+    "RANK_BY",
+    "LatentActivations",
+    "LatentRanking",
+    "auroc_columns",
+    "directions_from_latents",
+    "latent_activations",
+    "latent_activations_from_tensors",
+    "latent_report",
+    "rank_from_activations",
+    "rank_latents",
+    "rank_latents_modeldiff",
+]
+
+RANK_BY = ("diff", "auroc", "cohens_d")
+
+
+@dataclass
+class LatentActivations:
+    """Per example (rows) and latent (columns): mean, firing share, max and argmax over its tokens."""
+
+    mean: torch.Tensor  # [n, d_sae] float32
+    fire: torch.Tensor  # [n, d_sae] float32, share of tokens with activation > 0
+    max: torch.Tensor  # [n, d_sae] float32
+    argmax: torch.Tensor  # [n, d_sae] int32, token index within the example's tokens
+    n_tokens: torch.Tensor  # [n] int
+    raw_mean: torch.Tensor  # [n, d_in] float32, mean raw activation over the same tokens
+    tokens: list[list[str]] | None = None  # the tokens themselves (for reports)
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.mean.shape[1])
+
+
+def _reduce_example(z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    mx, am = z.max(0)
+    return z.mean(0), (z > 0).float().mean(0), mx, am.int(), x.mean(0)
+
+
+def _stack(parts: list[tuple], tokens) -> LatentActivations:
+    cols = list(zip(*parts, strict=True))
+    return LatentActivations(
+        mean=torch.stack(cols[0]).float(),
+        fire=torch.stack(cols[1]).float(),
+        max=torch.stack(cols[2]).float(),
+        argmax=torch.stack(cols[3]),
+        n_tokens=torch.tensor(cols[5], dtype=torch.long),
+        raw_mean=torch.stack(cols[4]).float(),
+        tokens=tokens,
+    )
+
+
+def latent_activations_from_tensors(sae, examples: Sequence[torch.Tensor]) -> LatentActivations:
+    """Latent statistics of examples given as token activations ``[t_i, d_in]`` each."""
+    sae = load_sae(sae)
+    if not examples:
+        raise SAEError("no examples")
+    parts = []
+    for i, x in enumerate(examples):
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != sae.d_in:
+            raise SAEError(
+                f"example {i}: expected activations [tokens, {sae.d_in}], got {tuple(x.shape)}"
+            )
+        z = sae.encode(x).float().cpu()
+        parts.append((*_reduce_example(z, x.float().cpu()), x.shape[0]))
+    return _stack(parts, None)
+
+
+def latent_activations(
+    model: nn.Module,
+    tokenizer,
+    sae,
+    examples: Sequence[ChatExample],
+    *,
+    tokens: str = "response",
+    batch_size: int = 16,
+    keep_tokens: bool = True,
+    progress: bool | str = True,
+) -> LatentActivations:
+    """Encode each example's answer tokens (``tokens="response"``) or all real tokens (``"all"``)."""
+    from ..sites import n_layers
+
+    sae = load_sae(sae, model=model)
+    if tokens not in ("response", "all"):
+        raise SAEError(f"tokens must be 'response' or 'all', not {tokens!r}")
+    if not examples:
+        raise SAEError("no examples (the probe set or split is empty)")
+    site = parse_site(sae.site, n_layers(model))
+    encoded = encode_all(tokenizer, list(examples))
+    if tokens == "response" and any(e.response_end == e.response_start for e in encoded):
+        raise SAEError(
+            "every example needs an answer to encode its answer tokens; use tokens='all'"
+        )
+    pad = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else (tokenizer.eos_token_id or 0)
+    )
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    results: dict[int, tuple] = {}
+    bar = tqdm(
+        total=len(order),
+        desc=progress if isinstance(progress, str) else "SAE latents",
+        disable=not progress,
+        unit="ex",
+        leave=False,
+    )
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([encoded[i] for i in idx], pad, "right", device)
+            h = run_until(
+                model,
+                [site],
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            )[site]
+            mask = batch.response_mask if tokens == "response" else batch.attention_mask.bool()
+            rows = h[mask]
+            z = sae.encode(rows).float().cpu()
+            rows = rows.float().cpu()
+            counts = mask.sum(-1).tolist()
+            off = 0
+            for i, c in zip(idx, counts, strict=True):
+                results[i] = (*_reduce_example(z[off : off + c], rows[off : off + c]), c)
+                off += c
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    toks = None
+    if keep_tokens:
+        toks = []
+        for e in encoded:
+            lo, hi = (
+                (e.response_start, e.response_end)
+                if tokens == "response"
+                else (0, len(e.input_ids))
+            )
+            toks.append([tokenizer.decode([t]) for t in e.input_ids[lo:hi]])
+    return _stack([results[i] for i in range(len(encoded))], toks)
+
+
+def auroc_columns(pos: torch.Tensor, neg: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """AUROC of every column, ``pos [n1, L]`` (label 1) against ``neg [n2, L]`` (label 0).
+
+    ``P(pos > neg) + 0.5 P(pos == neg)`` over all pairs, exactly as :func:`saetools.stats.auroc`
+    (ties count half), vectorised over columns.
+    """
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
+        raise ValueError(f"need [n1, L] and [n2, L], got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    out = torch.empty(pos.shape[1], dtype=torch.float64)
+    step = max(1, chunk * 4096 // max(1, pos.shape[0] * neg.shape[0]))
+    for c in range(0, pos.shape[1], step):
+        p = pos[:, None, c : c + step]
+        n = neg[None, :, c : c + step]
+        gt = (p > n).sum((0, 1)).double()
+        eq = (p == n).sum((0, 1)).double()
+        out[c : c + step] = (gt + 0.5 * eq) / (pos.shape[0] * neg.shape[0])
+    return out
+
+
+def _cohens_d_columns(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    n1, n2 = pos.shape[0], neg.shape[0]
+    if n1 < 2 or n2 < 2:
+        return torch.full((pos.shape[1],), float("nan"), dtype=torch.float64)
+    p, q = pos.double(), neg.double()
+    pooled = ((n1 - 1) * p.var(0) + (n2 - 1) * q.var(0)) / (n1 + n2 - 2)
+    d = (p.mean(0) - q.mean(0)) / pooled.sqrt()
+    return torch.where(pooled > 0, d, torch.zeros_like(d))
+
+
+@dataclass
+class LatentRanking:
+    """Per-latent comparison of a positive group (misaligned answers, or model B) with a negative one.
+
+    Tensors are ``[d_sae]``: ``mean_pos``/``mean_neg`` (mean over examples of the per-example mean
+    activation), ``diff = mean_pos - mean_neg``, ``freq_pos``/``freq_neg`` (share of tokens firing),
+    ``auroc`` and ``cohens_d`` of the per-example means, all on the ranking split; ``test`` holds the
+    same figures on the held-out split when there is one. ``order`` sorts latents by ``by``, best
+    first.
+    """
+
+    sae: LoadedSAE
+    by: str
+    labels: tuple[str, str]
+    mean_pos: torch.Tensor
+    mean_neg: torch.Tensor
+    freq_pos: torch.Tensor
+    freq_neg: torch.Tensor
+    auroc: torch.Tensor
+    cohens_d: torch.Tensor
+    test: dict[str, torch.Tensor] | None = None
+    acts: dict[str, LatentActivations] = field(default_factory=dict, repr=False)
+    texts: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    meta: dict = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def diff(self) -> torch.Tensor:
+        return self.mean_pos - self.mean_neg
+
+    @property
+    def score(self) -> torch.Tensor:
+        s = {"diff": self.diff, "auroc": self.auroc, "cohens_d": self.cohens_d}[self.by]
+        return torch.nan_to_num(s.double(), nan=float("-inf"))
+
+    @property
+    def order(self) -> list[int]:
+        # ties broken by the difference, then by the latent id
+        s, d = self.score, torch.nan_to_num(self.diff.double(), nan=float("-inf"))
+        idx = torch.arange(len(s))
+        key = sorted(idx.tolist(), key=lambda j: (-float(s[j]), -float(d[j]), j))
+        return key
+
+    def top(self, n: int = 20) -> list[int]:
+        return self.order[:n]
+
+    def row(self, j: int) -> dict:
+        """Every figure of latent ``j`` as plain numbers."""
+        out = {
+            "latent": int(j),
+            f"mean_{self.labels[0]}": float(self.mean_pos[j]),
+            f"mean_{self.labels[1]}": float(self.mean_neg[j]),
+            "diff": float(self.diff[j]),
+            f"freq_{self.labels[0]}": float(self.freq_pos[j]),
+            f"freq_{self.labels[1]}": float(self.freq_neg[j]),
+            "auroc": float(self.auroc[j]),
+            "cohens_d": float(self.cohens_d[j]),
+        }
+        if self.test is not None:
+            for k, v in self.test.items():
+                out[f"test_{k}"] = float(v[j])
+        for k, v in self.extra.items():
+            out[k] = float(v[j])
+        return out
+
+    def to_json(self, top: int = 20) -> dict:
+        return {
+            "sae": self.sae.describe(),
+            "ranked_by": self.by,
+            "groups": {"positive": self.labels[0], "negative": self.labels[1]},
+            **self.meta,
+            "top": [self.row(j) for j in self.top(top)],
+        }
+
+
+def rank_from_activations(
+    sae,
+    pos: LatentActivations,
+    neg: LatentActivations,
+    *,
+    by: str = "diff",
+    test_pos: LatentActivations | None = None,
+    test_neg: LatentActivations | None = None,
+    labels: tuple[str, str] = ("misaligned", "aligned"),
+    meta: dict | None = None,
+) -> LatentRanking:
+    """Rank latents by how much more they fire on ``pos`` than on ``neg`` examples."""
+    if by not in RANK_BY:
+        raise SAEError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_BY)}")
+    sae = load_sae(sae)
+    for a in (pos, neg, test_pos, test_neg):
+        if a is not None and a.d_sae != sae.d_sae:
+            raise SAEError(f"latent statistics have {a.d_sae} latents but the SAE has {sae.d_sae}")
+
+    def freq(a: LatentActivations) -> torch.Tensor:  # token-weighted share of firing tokens
+        w = a.n_tokens.double()[:, None]
+        return ((a.fire.double() * w).sum(0) / w.sum()).float()
+
+    test = None
+    if test_pos is not None and test_neg is not None:
+        test = {
+            "mean_pos": test_pos.mean.mean(0),
+            "mean_neg": test_neg.mean.mean(0),
+            "diff": test_pos.mean.mean(0) - test_neg.mean.mean(0),
+            "auroc": auroc_columns(test_pos.mean, test_neg.mean).float(),
+        }
+    acts = {"pos": pos, "neg": neg}
+    if test is not None:
+        acts.update({"test_pos": test_pos, "test_neg": test_neg})
+    return LatentRanking(
+        sae=sae,
+        by=by,
+        labels=labels,
+        mean_pos=pos.mean.mean(0),
+        mean_neg=neg.mean.mean(0),
+        freq_pos=freq(pos),
+        freq_neg=freq(neg),
+        auroc=auroc_columns(pos.mean, neg.mean).float(),
+        cohens_d=_cohens_d_columns(pos.mean, neg.mean).float(),
+        test=test,
+        acts=acts,
+        meta=dict(meta or {}),
+    )
+
+
+def _pair_examples(items):
+    from .diffmeans import pair_examples
+
+    return pair_examples(items)
+
+
+def rank_latents(
+    model: nn.Module,
+    tokenizer,
+    sae,
+    probes,
+    *,
+    by: str = "diff",
+    train_split: str | None = "train",
+    test_split: str | None = "test",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LatentRanking:
+    """Rank latents on a ``pairs`` probe set: misaligned vs aligned answers (answer tokens only).
+
+    Ranks on ``train_split`` and keeps the same figures on ``test_split`` as held-out separation;
+    a set without these splits is ranked on all its items, with no held-out figures.
+    """
+    if by not in RANK_BY:
+        raise SAEError(f"unknown ranking {by!r}; choose one of {', '.join(RANK_BY)}")
+    if getattr(probes, "kind", None) != "pairs":
+        raise SAEError(
+            f"ranking latents needs a 'pairs' probe set; {getattr(probes, 'name', probes)!r} is "
+            f"'{getattr(probes, 'kind', '?')}' (for a base vs fine-tuned comparison use rank_latents_modeldiff)"
+        )
+    sae = load_sae(sae, model=model)
+    splits = {it.split for it in probes.items}
+    has_splits = train_split in splits and test_split in splits
+    train = probes.split(train_split) if has_splits else probes
+    groups = {"train": train}
+    if has_splits:
+        groups["test"] = probes.split(test_split)
+    acts: dict[str, LatentActivations] = {}
+    texts: dict[str, list[str]] = {}
+    for name, ps in groups.items():
+        al, mis = _pair_examples(ps.items)
+        for label, side, exs in (("misaligned", "pos", mis), ("aligned", "neg", al)):
+            key = side if name == "train" else f"test_{side}"
+            acts[key] = latent_activations(
+                model,
+                tokenizer,
+                sae,
+                exs,
+                batch_size=batch_size,
+                progress=f"{label} ({name})" if progress else False,
+            )
+            texts[key] = [
+                f"{it.question} -> {ex.response}" for it, ex in zip(ps.items, exs, strict=True)
+            ]
+    meta = {
+        "probe_set": {
+            "name": probes.name,
+            "sha256": probes.sha256,
+            "train_split": train_split if has_splits else None,
+            "test_split": test_split if has_splits else None,
+        },
+        "counts": {
+            "train_pairs": len(train),
+            "test_pairs": len(groups["test"]) if has_splits else 0,
+        },
+        "aggregation": "response_mean",
+        "tokens": "response",
+    }
+    r = rank_from_activations(
+        sae,
+        acts["pos"],
+        acts["neg"],
+        by=by,
+        test_pos=acts.get("test_pos"),
+        test_neg=acts.get("test_neg"),
+        meta=meta,
+    )
+    r.texts = texts
+    return r
+
+
+def rank_latents_modeldiff(
+    model_a: nn.Module | None,
+    model_b: nn.Module,
+    tokenizer,
+    sae,
+    probes,
+    *,
+    by: str = "diff",
+    tokens: str = "response",
+    split: str | None = None,
+    batch_size: int = 16,
+    model_id_a: str | None = None,
+    model_id_b: str | None = None,
+    progress: bool = True,
+) -> LatentRanking:
+    """Same texts through a base model A and a fine-tuned model B; rank latents by the increase B - A.
+
+    ``probes`` is a probe set (every kind; see :func:`saetools.extract.modeldiff.probe_examples`) or
+    a list of :class:`~saetools.capture.ChatExample`. ``model_a=None`` means ``model_b`` (a PEFT
+    model) with its adapters disabled. Besides the ranking figures (``auroc`` compares B's per-text
+    means with A's), ``meta["frac_increase"]`` is not stored per latent; use
+    ``ranking.acts["pos"].mean > ranking.acts["neg"].mean`` for paired comparisons.
+    """
+    from .modeldiff import _is_peft, _model_name, probe_examples
+
+    if model_a is None and not _is_peft(model_b):
+        raise SAEError(
+            "model_a=None means 'model_b with its adapters disabled', but model_b is not a PEFT model"
+        )
+    if model_a is model_b and not _is_peft(model_b):
+        raise SAEError("model_a and model_b are the same model: every difference would be zero")
+    sae = load_sae(sae, model=model_b)
+    if split is not None and hasattr(probes, "split"):
+        probes = probes.split(split)
+    examples = probe_examples(probes)
+    if tokens == "response" and any(e.response is None for e in examples):
+        tokens = "all"
+    ref = model_a if model_a is not None else model_b
+    sae.check(ref)
+    ctx = model_b.disable_adapter() if model_a is None else nullcontext()
+    with ctx:
+        a = latent_activations(
+            ref,
+            tokenizer,
+            sae,
+            examples,
+            tokens=tokens,
+            batch_size=batch_size,
+            progress="model A" if progress else False,
+        )
+    b = latent_activations(
+        model_b,
+        tokenizer,
+        sae,
+        examples,
+        tokens=tokens,
+        batch_size=batch_size,
+        progress="model B" if progress else False,
+    )
+    id_b = model_id_b or _model_name(model_b)
+    id_a = model_id_a or (
+        f"{id_b} (adapters disabled)" if model_a is None else _model_name(model_a)
+    )
+    meta = {
+        "model_a": id_a,
+        "model_b": id_b,
+        "probe_set": {
+            "name": getattr(probes, "name", "(examples)"),
+            "sha256": getattr(probes, "sha256", None),
+        },
+        "counts": {"texts": len(examples)},
+        "tokens": tokens,
+    }
+    r = rank_from_activations(sae, b, a, by=by, labels=("B", "A"), meta=meta)
+    r.extra["frac_increase"] = (b.mean > a.mean).float().mean(0)
+    r.texts = {
+        "pos": [_example_text(e) for e in examples],
+        "neg": [_example_text(e) for e in examples],
+    }
+    return r
+
+
+def _example_text(e: ChatExample) -> str:
+    q = e.messages[-1]["content"] if e.messages else ""
+    return f"{q} -> {e.response}" if e.response else q
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _top_examples(r: LatentRanking, j: int, k: int, context: int = 6) -> list[str]:
+    """The ``k`` examples (over every group) whose largest activation of latent ``j`` is highest,
+    with the firing token marked ``[[...]]`` inside a few tokens of context."""
+    cands = []
+    for key, a in r.acts.items():
+        for i in range(len(a)):
+            cands.append((float(a.max[i, j]), key, i))
+    cands.sort(key=lambda t: -t[0])
+    out = []
+    for val, key, i in cands[:k]:
+        if val <= 0:
+            break
+        a = r.acts[key]
+        label = (
+            key.replace("test_", "held-out ")
+            .replace("pos", r.labels[0])
+            .replace("neg", r.labels[1])
+        )
+        if a.tokens is not None:
+            t = int(a.argmax[i, j])
+            toks = a.tokens[i]
+            lo, hi = max(0, t - context), min(len(toks), t + context + 1)
+            snippet = (
+                ("…" if lo > 0 else "")
+                + "".join(toks[lo:t])
+                + "<b>[["
+                + toks[t]
+                + "]]</b>"
+                + "".join(toks[t + 1 : hi])
+                + ("…" if hi < len(toks) else "")
+            )
+        else:
+            snippet = f"token {int(a.argmax[i, j])}"
+        texts = r.texts.get(key)
+        head = (
+            (texts[i][:80] + "…")
+            if texts and len(texts[i]) > 80
+            else (texts[i] if texts else f"example {i}")
+        )
+        out.append(f"{val:.2f} [{label}] {snippet}<br><i>{_html(head)}</i>")
+    return out
+
+
+def _html(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def latent_report(
+    r: LatentRanking, top: int = 20, examples_per_latent: int = 3, title: str | None = None
+):
+    """Plotly figure: difference and AUROC of the top latents, and the answers/tokens firing them most."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ids = r.top(top)
+    names = [str(j) for j in ids]
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        vertical_spacing=0.06,
+        row_heights=[0.22, 0.22, 0.56],
+        specs=[[{"type": "xy"}], [{"type": "xy"}], [{"type": "table"}]],
+        subplot_titles=(
+            f"mean activation, {r.labels[0]} minus {r.labels[1]} (ranked by {r.by})",
+            "AUROC of the per-answer mean activation" + (" (train and held-out)" if r.test else ""),
+            "answers that fire each latent most (the firing token in [[...]])",
+        ),
+    )
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=[float(r.diff[j]) for j in ids],
+            name="difference",
+            hovertext=[
+                f"freq {r.labels[0]} {float(r.freq_pos[j]):.3f}, {r.labels[1]} {float(r.freq_neg[j]):.3f}"
+                for j in ids
+            ],
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=names,
+            y=[float(r.auroc[j]) for j in ids],
+            mode="markers",
+            name="AUROC (ranking split)",
+        ),
+        row=2,
+        col=1,
+    )
+    if r.test is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=[float(r.test["auroc"][j]) for j in ids],
+                mode="markers",
+                name="AUROC (held-out)",
+            ),
+            row=2,
+            col=1,
+        )
+    cells = [
+        names,
+        [f"{float(r.diff[j]):.3f}" for j in ids],
+        [
+            f"{float(r.auroc[j]):.3f}" + (f" / {float(r.test['auroc'][j]):.3f}" if r.test else "")
+            for j in ids
+        ],
+        [f"{float(r.freq_pos[j]):.3f} / {float(r.freq_neg[j]):.3f}" for j in ids],
+        ["<br>".join(_top_examples(r, j, examples_per_latent)) or "(never fires)" for j in ids],
+    ]
+    fig.add_trace(
+        go.Table(
+            columnwidth=[40, 50, 70, 70, 500],
+            header=dict(
+                values=[
+                    "latent",
+                    "diff",
+                    "AUROC" + (" train / test" if r.test else ""),
+                    f"freq {r.labels[0]} / {r.labels[1]}",
+                    "top activations",
+                ]
+            ),
+            cells=dict(values=cells, align="left"),
+        ),
+        row=3,
+        col=1,
+    )
+    fig.update_xaxes(type="category", row=1, col=1)
+    fig.update_xaxes(type="category", row=2, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=2, col=1)
+    ps = r.meta.get("probe_set", {}).get("name", "?")
+    fig.update_layout(
+        title=title
+        or f"SAE latents at {r.sae.site} ({r.sae.architecture}, {r.sae.d_sae} latents) on {ps}",
+        height=700 + 110 * len(ids),
+        template="plotly_white",
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Directions
+
+
+def directions_from_latents(
+    sae,
+    latents: int | Sequence[int],
+    *,
+    combine: str | None = None,
+    weights: Sequence[float] | None = None,
+    ranking: LatentRanking | None = None,
+    model: nn.Module | None = None,
+    model_id: str | None = None,
+) -> DirectionSet:
+    """Decoder rows of ``latents`` at the SAE's site as a :class:`DirectionSet`.
+
+    ``combine=None`` stores one row ``[d]`` (one latent) or a basis ``[k, d]`` (several, in the order
+    given); ``"sum"``/``"mean"`` store one vector, the (``weights``-)weighted sum or mean of the rows.
+    Rows are the raw decoder rows (what one unit of the latent adds to the residual). With a
+    ``ranking``, each row is signed to point toward the positive group (misaligned answers, or model B),
+    and the separation statistics of the result (AUROC and Cohen's d of per-answer projections, mean
+    projections for clamping) are recorded as for difference of means.
+    """
+    from ..models import fingerprint
+
+    sae = load_sae(sae, model=model)
+    ids = sae.check_latents(latents)
+    rows = sae.decoder_rows(ids).double()
+    signs = [1.0] * len(ids)
+    if ranking is not None:
+        if ranking.sae.d_sae != sae.d_sae or ranking.sae.site != sae.site:
+            raise SAEError("the ranking was made with another SAE")
+        signs = [1.0 if float(ranking.diff[j]) >= 0 else -1.0 for j in ids]
+        rows = rows * torch.tensor(signs, dtype=torch.float64)[:, None]
+    if combine is None:
+        if weights is not None:
+            raise SAEError("weights need combine='sum' or 'mean'")
+        vec = rows[0] if len(ids) == 1 else rows
+    elif combine in ("sum", "mean"):
+        w = (
+            torch.ones(len(ids), dtype=torch.float64)
+            if weights is None
+            else torch.tensor(list(weights), dtype=torch.float64)
+        )
+        if w.numel() != len(ids) or not torch.isfinite(w).all():
+            raise SAEError(f"need {len(ids)} finite weights, got {list(weights or [])}")
+        if combine == "mean":
+            w = w / w.sum() if float(w.sum()) != 0 else w / len(ids)
+        vec = (w[:, None] * rows).sum(0)
+    else:
+        raise SAEError(f"unknown combine {combine!r}; choose None, 'sum' or 'mean'")
+    if float(vec.reshape(-1, vec.shape[-1]).norm(dim=-1).min()) <= 1e-12:
+        raise SAEError("the combined decoder direction is zero")
+    vec = vec.float()
+    st: dict = {"norm": float(vec.reshape(-1, vec.shape[-1])[0].norm())}
+    meta: dict = {
+        "method": "sae",
+        "sae": sae.describe(),
+        "latents": ids,
+        "latent_signs": signs,
+        "combine": combine,
+        "weights": list(map(float, weights)) if weights is not None else None,
+        "sign": "decoder rows signed toward the positive group"
+        if ranking is not None
+        else "decoder rows as stored (no probe data)",
+    }
+    if ranking is not None:
+        unit = vec.reshape(-1, vec.shape[-1])[0].double()
+        unit = unit / unit.norm()
+        st.update(_projection_stats(ranking, unit))
+        st["latents"] = {str(j): ranking.row(j) for j in ids}
+        meta.update(
+            {
+                k: v
+                for k, v in ranking.meta.items()
+                if k in ("probe_set", "counts", "aggregation", "model_a", "model_b")
+            }
+        )
+        meta.setdefault("aggregation", "response_mean")
+        if ranking.labels == ("misaligned", "aligned"):
+            meta["sign"] = (
+                "misaligned minus aligned (decoder rows signed by the latent's difference)"
+            )
+    if model is not None:
+        meta["fingerprint"] = fingerprint(model)
+        meta["model_id"] = model_id or getattr(
+            getattr(model, "config", None), "_name_or_path", "unknown"
+        )
+    elif model_id is not None:
+        meta["model_id"] = model_id
+    meta["stats"] = {sae.site: st}
+    return DirectionSet({sae.site: vec}, meta)
+
+
+def _projection_stats(r: LatentRanking, unit: torch.Tensor) -> dict:
+    from ..stats import auroc
+
+    def proj(key):
+        a = r.acts.get(key)
+        return None if a is None else a.raw_mean.double() @ unit
+
+    out: dict = {}
+    pp, pn = proj("pos"), proj("neg")
+    if pp is not None and pn is not None:
+        out["proj_misaligned_mean" if r.labels[0] == "misaligned" else "proj_pos_mean"] = float(
+            pp.mean()
+        )
+        out["proj_aligned_mean" if r.labels[1] == "aligned" else "proj_neg_mean"] = float(pn.mean())
+    tp, tn = proj("test_pos"), proj("test_neg")
+    sep_p, sep_n = (tp, tn) if tp is not None else (pp, pn)
+    if sep_p is not None and sep_n is not None:
+        out["auroc"] = auroc(sep_p, sep_n)
+        out["cohens_d"] = (
+            cohens_d(sep_p, sep_n) if min(len(sep_p), len(sep_n)) > 1 else float("nan")
+        )
+        if tp is not None:
+            out["test_proj_misaligned_mean"] = float(tp.mean())
+            out["test_proj_aligned_mean"] = float(tn.mean())
+    return out
