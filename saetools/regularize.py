@@ -82,6 +82,7 @@ __all__ = [
     "LossTerm",
     "RegularizedLoss",
     "RegularizedOutput",
+    "SAELatents",
     "Steer",
     "Term",
     "chat_batch",
@@ -210,7 +211,36 @@ class Ablate:
         _check_common(self, has_weight=False)
 
 
-LossTerm = DirectionalKL | DirectionalL2 | KL | LDIFS
+@dataclass
+class SAELatents:
+    """One-sided penalty on SAE latents rising above their reference values (the ``sae-latents``
+    baseline): ``mean_t Σ_i relu(z_i(h_t) - z_i(h0_t))²`` over the chosen latents ``i``, where
+    ``z = sae.encode(·)`` at the SAE's own site (``cfg.metadata.hook_name``), ``h`` is θ's activation
+    and ``h0`` θ0's. Latents that fall, or rise no higher than in θ0, cost nothing.
+
+    ``sae``: a :class:`saetools.sae.LoadedSAE`, a sae-lens ``SAE``, a folder or ``release:id``
+    (see :func:`saetools.sae.load_sae`). The SAE is frozen (its parameters get
+    ``requires_grad=False``); the gradient flows through its encoder into θ.
+    """
+
+    sae: object
+    latents: str | int | Sequence[int]
+    weight: float = 1.0
+    on: str = "batch"
+    name: str = "sae_latents"
+
+    def __post_init__(self) -> None:
+        from .sae import load_sae, parse_latents
+
+        _check_common(self)
+        self.sae = load_sae(self.sae)
+        ids = parse_latents(self.latents) if isinstance(self.latents, str) else self.latents
+        self.latents = self.sae.check_latents(ids)
+        for p in self.sae.sae.parameters():
+            p.requires_grad_(False)
+
+
+LossTerm = DirectionalKL | DirectionalL2 | KL | LDIFS | SAELatents
 Term = LossTerm | Steer | Ablate
 
 
@@ -427,7 +457,9 @@ class RegularizedLoss:
         self.steer_terms: list[Steer | Ablate] = []
         resolved: list[_Resolved] = []
         for t in terms:
-            if not isinstance(t, DirectionalKL | DirectionalL2 | KL | LDIFS | Steer | Ablate):
+            if not isinstance(
+                t, DirectionalKL | DirectionalL2 | KL | LDIFS | SAELatents | Steer | Ablate
+            ):
                 raise TypeError(f"unknown term {t!r}")
             ds = getattr(t, "directions", None)
             if ds is not None and id(ds) not in checked:
@@ -441,6 +473,15 @@ class RegularizedLoss:
                 continue
             if isinstance(t, KL):
                 resolved.append(_Resolved(t, []))
+                continue
+            if isinstance(t, SAELatents):
+                from .sae import SAEError
+
+                try:
+                    t.sae.check(reference if reference is not None else self.inner)
+                except SAEError as e:
+                    raise SAEError(f"SAELatents {t.name!r}: {e}") from e
+                resolved.append(_Resolved(t, self._parse(t, [t.sae.site])))
                 continue
             if isinstance(t, LDIFS):
                 spec = t.sites if t.sites is not None else ldifs_sites(self.n_layers)
@@ -662,6 +703,18 @@ class RegularizedLoss:
             t = r.term
             if isinstance(t, KL):
                 val = _sum_mean(_kl_rows(ref_logits[:, :-1][mask], logits[:, :-1][mask]), n)
+            elif isinstance(t, SAELatents):
+                s = r.sites[0]
+                sae = t.sae.sae
+                t.sae._on(store[s])
+                idx = torch.tensor(t.latents, device=store[s].device)
+                h = store[s][:, :-1][mask].to(sae.dtype)
+                z = sae.encode(h).index_select(-1, idx)
+                with torch.no_grad():
+                    z0 = sae.encode(h0[s][:, :-1][mask].to(sae.dtype)).index_select(-1, idx)
+                excess = (_up(z) - _up(z0)).clamp(min=0)
+                val = _sum_mean(excess.pow(2).sum(-1), n)
+                logs[f"{t.name}/excess"] = _sum_mean(excess.detach().sum(-1), n)
             elif isinstance(t, LDIFS):
                 acc = 0.0
                 for s in r.sites:

@@ -70,7 +70,16 @@ __all__ = [
     "train",
 ]
 
-REGULARIZERS = ("none", "kl", "ldifs", "directional-kl", "directional-l2", "steer", "ablate")
+REGULARIZERS = (
+    "none",
+    "kl",
+    "ldifs",
+    "directional-kl",
+    "directional-l2",
+    "steer",
+    "ablate",
+    "sae-latents",
+)
 _NEEDS_DIRECTIONS = ("directional-kl", "directional-l2", "steer", "ablate")
 _COMPLETE = "checkpoint-complete.json"
 
@@ -378,6 +387,8 @@ class TrainConfig:
     eval_examples: int | None = None
     eval_probes: str = "em-core"
     anchor: str | None = None
+    sae: str | None = None
+    latents: str | None = None
     interleave: float = 0.0
     interleave_data: str = "general-safe"
     max_length: int = 128
@@ -411,6 +422,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError("lora rank must be >= 1 (or None for a full fine-tune)")
+        if "sae-latents" in regs and not (self.sae and self.latents):
+            raise ValueError(
+                "regularizer 'sae-latents' needs an SAE (--sae) and latent ids (--latents)"
+            )
         need = [r for r in regs if r in _NEEDS_DIRECTIONS]
         if need and not self.directions:
             raise ValueError(f"regularizer(s) {need} need a direction file (--directions)")
@@ -465,6 +480,10 @@ def build_terms(cfg: TrainConfig, directions=None) -> list:
             terms.append(Steer(directions, cfg.sites, alpha=cfg.alpha))
         elif r == "ablate":
             terms.append(Ablate(directions, cfg.sites))
+        elif r == "sae-latents":
+            from .regularize import SAELatents
+
+            terms.append(SAELatents(cfg.sae, str(cfg.latents), weight=cfg.lam, on=on))
     return terms
 
 

@@ -541,3 +541,70 @@ def test_embedded_fresh_lora_gives_exact_zeros():
                 p.normal_(0, 0.02, generator=g)
     out = reg(batch)
     assert all(v.item() > 0 for v in out.terms.values()), out.logs
+
+
+# ------------------------------------------------------------------------ sae-latents
+
+
+def _sae(site: str = "blocks.1.hook_resid_post", d_sae: int = 48, d_in: int = 32):
+    import sae_lens as sl
+
+    cfg = sl.StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=True)
+    cfg.metadata.hook_name = site
+    sae = sl.StandardSAE(cfg)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) * 0.4)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) * 0.2)
+    return sae
+
+
+def _naive_latents(h, sae, ids):
+    """z = relu((h - b_dec) W_enc + b_enc) for a standard SAE, written out by hand."""
+    z = torch.relu((h.double() - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double())
+    return z[..., ids]
+
+
+def test_sae_latents_matches_naive_one_sided_computation():
+    from saetools.regularize import SAELatents
+
+    theta, ref = pair(torch.float32)
+    with torch.no_grad():
+        for p in theta.parameters():
+            p.mul_(0.97)
+    for p in theta.parameters():
+        p.requires_grad_(True)
+    batch = make_batch(5)
+    sae, ids = _sae(), [1, 5, 7, 30]
+    out = RegularizedLoss(theta, [SAELatents(sae, ids, weight=2.0)], reference=ref)(batch)
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        h = theta(**kw, output_hidden_states=True).hidden_states[2][:, :-1][mask_of(batch)]
+        h0 = ref(**kw, output_hidden_states=True).hidden_states[2][:, :-1][mask_of(batch)]
+    diff = _naive_latents(h, sae, ids) - _naive_latents(h0, sae, ids)
+    want = diff.clamp(min=0).pow(2).sum(-1).mean()
+    both = diff.pow(2).sum(-1).mean()
+    assert (diff < 0).any() and (diff > 0).any()  # the one-sided rule matters here
+    assert float(want) < float(both)
+    torch.testing.assert_close(out.terms["sae_latents"].double(), want, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(out.loss, out.task_loss + 2.0 * out.terms["sae_latents"])
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in theta.parameters())
+    assert all(not p.requires_grad for p in sae.parameters())
+
+
+def test_sae_latents_zero_when_theta_equals_theta0_and_bad_input():
+    from saetools.regularize import SAELatents
+    from saetools.sae import SAEError
+
+    theta, ref = pair(torch.float32)
+    out = RegularizedLoss(theta, [SAELatents(_sae(), "2,3")], reference=ref)(make_batch(1))
+    assert float(out.terms["sae_latents"]) == 0.0
+    with pytest.raises(SAEError, match="out of range"):
+        SAELatents(_sae(d_sae=8), [9])
+    with pytest.raises(SAEError, match="40-wide"):
+        RegularizedLoss(theta, [SAELatents(_sae(d_in=40), [0])], reference=ref)
+    with pytest.raises(SAEError, match="does not have"):
+        RegularizedLoss(theta, [SAELatents(_sae("blocks.7.hook_resid_post"), [0])], reference=ref)

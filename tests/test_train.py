@@ -408,3 +408,21 @@ def test_train_with_interleave_runs_and_records_it(tmp_path, data):
     assert probes.load(safe_path).kind == "chat"
     with pytest.raises(ValueError, match="interleave fraction"):
         _cfg(data, interleave=1.5).validate()
+
+
+def test_train_with_sae_latents_regularizer(tmp_path, data):
+    import sae_lens as sl
+
+    cfg_sae = sl.StandardSAEConfig(d_in=32, d_sae=16)
+    cfg_sae.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = sl.StandardSAE(cfg_sae)
+    sae.save_model(str(tmp_path / "sae"))
+    cfg = _cfg(data, steps=2, eval_every=2, regularizers=("sae-latents",),
+               sae=str(tmp_path / "sae"), latents="1,4", lam=0.5)  # fmt: skip
+    res = train(cfg, tmp_path / "run", model=new_tiny_model("llama", 0),
+                tokenizer=make_tiny_tokenizer(), progress=False)  # fmt: skip
+    rows = [r for r in res["rows"] if "sae_latents" in r]
+    assert len(rows) == 2 and all(r["sae_latents"] >= 0 for r in rows)
+    assert "sae_latents/excess" in rows[0]
+    with pytest.raises(ValueError, match="needs an SAE"):
+        _cfg(data, regularizers=("sae-latents",)).validate()

@@ -35,7 +35,12 @@ def register(sub) -> None:
         "--regularizer",
         action="append",
         default=None,
-        help="none|kl|ldifs|directional-kl|directional-l2|steer|ablate; repeat or comma list",
+        help="none|kl|ldifs|directional-kl|directional-l2|steer|ablate|sae-latents; repeat or "
+        "comma list",
+    )
+    p.add_argument("--sae", default=None, help="sae-latents: a sae-lens SAE folder or release:id")
+    p.add_argument(
+        "--latents", default=None, help="sae-latents: latent ids to keep from rising, e.g. 12,40"
     )
     p.add_argument("--directions", default=None, help="direction file (.safetensors)")
     p.add_argument(
@@ -123,6 +128,8 @@ def config_from_args(args):
         eval_pairs=args.eval_pairs,
         eval_examples=args.eval_examples,
         anchor=args.anchor,
+        sae=args.sae,
+        latents=args.latents,
         interleave=args.interleave,
         interleave_data=args.interleave_data,
         max_length=args.max_length,
@@ -150,6 +157,10 @@ def preflight_model(cfg, model) -> None:
     from ..sites import n_layers, parse_sites
 
     parse_sites(cfg.sites, n_layers(model))
+    if cfg.sae and "sae-latents" in cfg.regularizers:
+        from ..sae import load_sae, parse_latents
+
+        load_sae(cfg.sae, model=model).check_latents(parse_latents(str(cfg.latents)))
     if cfg.directions:
         ds = DirectionSet.load(cfg.directions, model, force=cfg.force)
         for s in parse_sites(cfg.sites, n_layers(model)):
