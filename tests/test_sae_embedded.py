@@ -130,3 +130,26 @@ def test_a_latent_separates_held_out_answers_and_points_like_diffmeans(em_run):
     assert row["test_auroc"] >= 0.8
     assert row["diff"] > 0 and ds.metadata["latent_signs"] == [1.0]
     assert cos > 0
+
+
+def test_sae_latents_regularizer_trains_on_the_embedded_model(em_run, tmp_path):
+    """The sae-latents baseline in a real LoRA run: 2 steps on narrow-medical-bad with the SAE's
+    top latents; the term is logged, finite and >= 0, and θ's latents can only be penalised where
+    they rose (the first step, θ = θ0, costs exactly 0)."""
+    import json
+
+    from saetools.train import TrainConfig as RunConfig
+    from saetools.train import train
+
+    _, sae, _, ranking, _ = em_run
+    latents = ",".join(str(j) for j in ranking.top(3))
+    cfg = RunConfig(
+        data="narrow-medical-bad", regularizers=("sae-latents",), sae=str(sae.source),
+        latents=latents, lam=10.0, steps=2, batch_size=4, lr=1e-3, eval_every=2, eval_pairs=2,
+        eval_examples=2, max_length=96,
+    )  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    terms = [r["sae_latents"] for r in rows if "sae_latents" in r]
+    assert len(terms) == 2 and terms[0] == 0.0 and terms[1] >= 0.0
+    assert all(r["sae_latents/excess"] >= 0 for r in rows if "sae_latents/excess" in r)
