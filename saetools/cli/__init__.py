@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "serve",
     "eval",
     "screen",
+    "bench",
 )
 
 
