@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 
@@ -18,8 +20,41 @@ def test_demo_quick_writes_report_folder(tmp_path, capsys):
     ex = summary["steps"]["extract"]
     assert (out / ex["direction_file"]).is_file() and (out / ex["layer_report"]).is_file()
     assert ex["best_auroc"] >= 0.9
+    # every stage ran: steering, both fine-tunes (with checkpoints), evaluation of three models
+    assert set(summary["steps"]) == {"extract", "steer", "train", "eval"}
+    tr = summary["steps"]["train"]
+    assert set(tr) == {"plain", "directional-kl"}
+    for run in tr.values():
+        assert [c["step"] for c in run["checkpoints"]] == [0, 1, 2]
+        assert all(math.isfinite(c["shift"]) for c in run["checkpoints"])
+        assert (out / run["checkpoint"] / "adapter_model.safetensors").is_file()
+    assert tr["directional-kl"]["regularizers"] == ["directional-kl"]
+    ev = summary["steps"]["eval"]["models"]
+    assert set(ev) == {"base", "plain", "directional-kl"}
+    for row in ev.values():
+        for k in ("em_core_contrast_per_token", "neutral_perplexity", "held_out_loss"):
+            assert math.isfinite(row[k])
+    assert ev["base"]["general_shift_per_token"] == 0.0
+    # index.html links every artefact, and every link resolves to a file in the folder
+    index = out / "index.html"
+    links = re.findall(r"href='([^']+)'", index.read_text())
+    for must in (
+        ex["direction_file"],
+        ex["layer_report"],
+        "sweep.html",
+        "steered-answers.json",
+        tr["plain"]["curves"],
+        tr["directional-kl"]["curves"],
+        "eval/compare.html",
+        ev["base"]["report"],
+        ev["directional-kl"]["report"],
+        "summary.json",
+    ):
+        assert must in links
+    for link in links:
+        assert (out / link).is_file(), link
     printed = capsys.readouterr().out
-    assert "best site" in printed and str(out) in printed
+    assert "best site" in printed and str(index) in printed
 
 
 def test_cli_help_explains_every_option(capsys):
