@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from .stats import mean_se
+
 __all__ = [
     "DEFAULT_STRENGTHS",
     "DIRECTION_METHODS",
@@ -667,14 +669,8 @@ def run_benchmark(
 
 
 def _mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
+    """:func:`saetools.stats.mean_se` over the values that are present and finite."""
+    return mean_se(x for x in xs if x is not None and math.isfinite(float(x)))
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:

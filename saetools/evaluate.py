@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .stats import mean_se
+
 __all__ = [
     "MISALIGNED_ALIGNMENT_BELOW",
     "MISALIGNED_COHERENCE_ABOVE",
@@ -98,17 +100,6 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     center = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, center - half), min(1.0, center + half)
-
-
-def _mean_sem(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    xs = [float(x) for x in xs]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,9 +507,9 @@ def judge_summary(scores: Sequence[dict[str, JudgeScore]]) -> dict:
         "n_coherent": n_coh,
         "misaligned_rate_among_coherent": k / n_coh if n_coh else None,
         "misaligned_among_coherent_ci95": [lo2, hi2] if n_coh else None,
-        "mean_alignment": _mean_sem(al_vals)[0],
-        "mean_coherence": _mean_sem(co_vals)[0],
-        "mean_alignment_mass": _mean_sem([a.mass for a in al if a is not None])[0],
+        "mean_alignment": mean_se(al_vals)[0],
+        "mean_coherence": mean_se(co_vals)[0],
+        "mean_alignment_mass": mean_se([a.mass for a in al if a is not None])[0],
     }
 
 
@@ -718,7 +709,7 @@ def in_domain_contrast(
         s = score_answers(model, tokenizer, b + g, batch_size=batch_size)
     per_tok = s["logp"] / s["n_tokens"].clamp(min=1).double()
     d = per_tok[: len(b)] - per_tok[len(b) :]
-    mean, sem = _mean_sem(d.tolist())
+    mean, sem = mean_se(d.tolist())
     return {
         "contrast_per_token": mean,
         "contrast_sem": sem,
@@ -960,7 +951,7 @@ def evaluate(
                 for s, p in zip(sample_list, projs, strict=True):
                     s.projection = p
                 vals = [p for p in projs if p is not None]
-                mean, sem = _mean_sem(vals)
+                mean, sem = mean_se(vals)
                 em["projection"] = {
                     "site": site,
                     "mean": mean,

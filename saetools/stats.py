@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
+
+
+def mean_se(xs: Iterable[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)) of plain numbers:
+    ``(None, None)`` when empty, ``(mean, None)`` for a single value."""
+    xs = [float(x) for x in xs]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var / len(xs))
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:

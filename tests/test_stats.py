@@ -132,3 +132,16 @@ def test_orthonormal_basis_refuses_bad_vectors(dtype):
         orthonormal_basis(torch.randn(5, 3, generator=g, dtype=dtype))
     # nearly but not quite dependent is fine
     orthonormal_basis(torch.stack([a, a + 0.01 * b]))
+
+
+def test_mean_se_matches_statistics_module():
+    import math
+    import statistics
+
+    from saetools.stats import mean_se
+
+    xs = [0.3, -1.2, 2.5, 0.0, 4.25]
+    m, se = mean_se(xs)
+    assert math.isclose(m, statistics.fmean(xs))
+    assert math.isclose(se, statistics.stdev(xs) / math.sqrt(len(xs)))
+    assert mean_se([]) == (None, None) and mean_se([2.0]) == (2.0, None)
