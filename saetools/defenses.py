@@ -49,6 +49,7 @@ __all__ = [
     "plan_runs",
     "run_benchmark",
     "summarize",
+    "write_report",
 ]
 
 METHODS = (
@@ -66,13 +67,16 @@ DIRECTION_METHODS = ("steer", "ablate", "directional-kl", "directional-l2")
 DEFAULT_METHODS = METHODS[:-1]
 DEFAULT_STRENGTHS: dict[str, tuple[float, ...]] = {
     "none": (0.0,),
+    # chosen from the benchmark on the embedded model (docs/results.md) so that the curves overlap;
+    # ldifs and directional-l2 sum squared activation differences (hundreds after one step), so
+    # their useful λ are about 1000x smaller than those of the KL terms
     "kl": (0.3, 1.0, 3.0),
-    "ldifs": (0.3, 1.0, 3.0),
-    "steer": (1.0, 2.0, 4.0),  # alpha (unit direction, added at every chosen site)
+    "ldifs": (0.0001, 0.0003, 0.001),
+    "steer": (0.5, 1.0, 2.0),  # alpha (unit direction, added at every chosen site)
     "ablate": (1.0,),  # no strength: full projection removal
     "interleave": (0.25, 0.5, 0.75),  # fraction of safe examples in the training data
     "directional-kl": (1.0, 3.0, 10.0),
-    "directional-l2": (0.1, 0.3, 1.0),
+    "directional-l2": (0.0001, 0.001, 0.01),
     "sae-latents": (0.3, 1.0, 3.0),
 }
 SOURCES = ("em-core", "modeldiff")
@@ -90,6 +94,7 @@ _SIZE_FIELDS = (
     "anchor",
     "steps",
     "eval_every",
+    "benign_steps",
     "batch_size",
     "lr",
     "lora_rank",
@@ -135,6 +140,7 @@ class BenchmarkConfig:
     anchor: str | None = None
     steps: int = 40
     eval_every: int = 10
+    benign_steps: int | None = None  # steps of the benign task (None: ``steps``)
     batch_size: int = 8
     lr: float = 1e-3
     lora_rank: int = 8
@@ -151,6 +157,9 @@ class BenchmarkConfig:
     sae: str | None = None
     latents: str | None = None
     keep_checkpoints: bool = False
+
+    def steps_for(self, task: str) -> int:
+        return int(self.benign_steps or self.steps) if task == "benign" else int(self.steps)
 
     def strengths_for(self, method: str) -> tuple[float, ...]:
         return tuple(self.strengths.get(method, DEFAULT_STRENGTHS[method]))
@@ -201,7 +210,13 @@ class BenchmarkConfig:
         for name in ("steps", "eval_every", "batch_size", "max_length", "lora_rank", "dir_steps"):
             if int(getattr(self, name)) < 1:
                 raise BenchmarkError(f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("eval_pairs", "eval_examples", "benign_examples", "neutral_texts"):
+        for name in (
+            "eval_pairs",
+            "eval_examples",
+            "benign_examples",
+            "neutral_texts",
+            "benign_steps",
+        ):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise BenchmarkError(f"{name} must be >= 1 (or unset for all), not {v}")
@@ -440,13 +455,13 @@ def _train_config(cfg: BenchmarkConfig, run: Run, dir_files: Mapping[str, str], 
         model=cfg.model,
         regularizers=regs,
         lora_rank=cfg.lora_rank,
-        steps=cfg.steps,
+        steps=cfg.steps_for(run.task),
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         seed=run.seed,
         # the loop's own eval (step 0 and the end) is kept minimal: the benchmark evaluates
         # every eval_every steps itself (per-question values), in on_step
-        eval_every=cfg.steps,
+        eval_every=cfg.steps_for(run.task),
         eval_pairs=1,
         eval_examples=1,
         eval_probes=cfg.pairs,
@@ -489,24 +504,23 @@ def _run_one(
     batches = [collate_examples(enc[i : i + 16], pad) for i in range(0, len(enc), 16)]
     narrow = run.task == "narrow"
     pairs = common["pairs"]
-    base = pair_contrast(model, tok, pairs) if narrow else None
+    base = common["base_contrast"] if narrow else None
     evals: list[dict] = []
 
     def evaluate_at(step: int, m) -> None:
         row: dict = {"step": step}
         if narrow:
-            d = (pair_contrast(m, tok, pairs) - base).double()
+            d = (pair_contrast(m, tok, pairs).cpu() - base).double()
             row["shift"] = float(d.mean())
             row["shift_se"] = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else None
             row["shift_per_question"] = [round(float(x), 6) for x in d]
         row["eval_task_loss"] = task_loss(m, batches) if batches else None
         evals.append(row)
 
-    if narrow:
-        evaluate_at(0, model)
+    evaluate_at(0, model)  # the base model: shift 0 by definition, and the held-out task loss
 
     def on_step(step, logs):
-        if narrow and step % cfg.eval_every == 0 and step != cfg.steps:
+        if narrow and step % cfg.eval_every == 0 and step != tc.steps:
             evaluate_at(step, model)  # the LoRA layers are injected into `model` in place
 
     run_dir = out / "runs" / run.run_id
@@ -514,7 +528,7 @@ def _run_one(
     res = train(tc, run_dir, model=model, tokenizer=tok, progress=False, on_step=on_step)
     tuned = res["model"]
     tuned.eval()
-    evaluate_at(cfg.steps, tuned)
+    evaluate_at(tc.steps, tuned)
     final = evals[-1]
     final["train_task_loss"] = next(
         (r.get("task_loss") for r in reversed(res["rows"]) if r.get("task_loss") is not None),
@@ -596,12 +610,17 @@ def run_benchmark(
     model_factory: ModelFactory | None = None,
     progress: bool = True,
     say: Callable[[str], None] | None = print,
+    jobs: int = 1,
+    threads_per_job: int | None = None,
 ) -> dict:
     """Run every missing run of the grid, then write ``table.md`` and ``defenses.html``.
 
     ``model_factory()`` returns a fresh ``(model, tokenizer)`` per call (the run trains it); the
-    default loads ``cfg.model`` once and hands out deep copies. Returns the paths, the number of
-    runs done and skipped, and the table's rows.
+    default loads ``cfg.model`` once and hands out deep copies. ``jobs > 1`` runs that many runs at
+    a time in worker processes (each loads the model once, with ``threads_per_job`` torch threads,
+    default the current thread count divided by ``jobs``); it needs the default factory or a
+    picklable one. Every run is seeded, so its rows do not depend on ``jobs``. Returns the paths,
+    the number of runs done and skipped, and the table's rows.
     """
     from tqdm.auto import tqdm
 
@@ -610,9 +629,25 @@ def run_benchmark(
     from .train import load_chat_data
 
     cfg.validate()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise BenchmarkError(f"jobs must be an integer >= 1, not {jobs!r}")
+    if threads_per_job is not None and (
+        not isinstance(threads_per_job, int) or threads_per_job < 1
+    ):
+        raise BenchmarkError(f"threads_per_job must be an integer >= 1, not {threads_per_job!r}")
     out = Path(out)
     say = say or (lambda msg: None)
     factory = model_factory or _default_factory(cfg.model, cfg.device)
+    if jobs > 1 and model_factory is not None:
+        import pickle
+
+        try:
+            pickle.dumps(model_factory)
+        except Exception as e:  # noqa: BLE001 - any pickling failure means the same thing
+            raise BenchmarkError(
+                f"jobs={jobs} needs a picklable model_factory (a module-level function), and this "
+                f"one is not ({type(e).__name__}: {e}); use jobs=1"
+            ) from None
     runs = plan_runs(cfg)
     results_path = out / "results.jsonl"
     _check_folder(out, cfg)
@@ -640,12 +675,27 @@ def run_benchmark(
         }
         common["config"]["direction_files"] = dir_files
         common["config"]["device"] = cfg.device
-        bar = tqdm(todo, desc="defense runs", unit="run", disable=not progress)
-        for run in bar:
-            bar.set_postfix_str(f"{run.task} {run.method} {run.strength:g} seed {run.seed}")
-            rows = _run_one(cfg, run, out, factory, dir_files, common)
+        if any(r.task == "narrow" for r in todo):
+            from .train import pair_contrast
+
+            base_model, base_tok = factory()
+            common["base_contrast"] = pair_contrast(base_model, base_tok, common["pairs"]).cpu()
+            del base_model
+
+        def record(rows: list[dict]) -> None:
             with open(results_path, "a") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+        bar = tqdm(total=len(todo), desc="defense runs", unit="run", disable=not progress)
+        if jobs == 1:
+            for run in todo:
+                bar.set_postfix_str(f"{run.task} {run.method} {run.strength:g} seed {run.seed}")
+                record(_run_one(cfg, run, out, factory, dir_files, common))
+                bar.update()
+        else:
+            _run_parallel(
+                cfg, todo, out, model_factory, dir_files, common, jobs, threads_per_job, record, bar
+            )
         bar.close()
     rows = _read_results(results_path)
     wanted = {r.run_id for r in runs}
@@ -664,6 +714,50 @@ def run_benchmark(
     }
 
 
+def _run_parallel(cfg, todo, out, model_factory, dir_files, common, jobs, threads, record, bar):
+    """Run ``todo`` in ``jobs`` spawned worker processes; rows are written by this process as each
+    run finishes, so an interruption loses only the runs in flight."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = threads or max(1, torch.get_num_threads() // jobs)
+    init = (cfg, model_factory, threads)
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=init,
+    ) as pool:
+        pending = {
+            pool.submit(_worker_run, run, str(out), dict(dir_files), common): run for run in todo
+        }
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    run = pending.pop(fut)
+                    record(fut.result())  # a failed run raises here, naming its error
+                    bar.set_postfix_str(f"{run.task} {run.method} {run.strength:g} seed {run.seed}")
+                    bar.update()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg: BenchmarkConfig, model_factory, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["cfg"] = cfg
+    _WORKER["factory"] = model_factory or _default_factory(cfg.model, cfg.device)
+
+
+def _worker_run(run: Run, out: str, dir_files: dict, common: dict) -> list[dict]:
+    return _run_one(_WORKER["cfg"], run, Path(out), _WORKER["factory"], dir_files, common)
+
+
 # --------------------------------------------------------------------------------------------
 # The table and the figure
 
@@ -676,18 +770,25 @@ def _mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
 def summarize(rows: Sequence[dict]) -> list[dict]:
     """Per arm (method, strength, direction source, sites): mean and standard error over seeds of
     the final general shift, its reduction against ``none`` (per seed: 100 * (none - arm) / none,
-    for seeds where both ran), the in-domain contrast, perplexity and opswap accuracy."""
+    for seeds where both ran), the in-domain contrast, perplexity, narrow and benign held-out loss
+    and opswap accuracy; the *paired* difference to ``none`` (per question, averaged over the
+    seeds both ran, then mean ± se over questions); and the shift at every checkpoint
+    (``checkpoints``: ``{step: (mean, se)}`` over seeds)."""
     final = [r for r in rows if r.get("final")]
     by: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in final:
         arm = (r["method"], float(r["strength"]), r["source"], r["sites"])
         by.setdefault(arm, {}).setdefault(r["task"], {})[int(r["seed"])] = r
-    none_shift = {
-        s: r["shift"]
-        for arm, t in by.items()
-        if arm[0] == "none"
-        for s, r in t.get("narrow", {}).items()
+    done = {r["run_id"] for r in final}
+    steps: dict[tuple, dict[int, list[float]]] = {}
+    for r in rows:
+        if r["task"] == "narrow" and r["run_id"] in done and r.get("shift") is not None:
+            arm = (r["method"], float(r["strength"]), r["source"], r["sites"])
+            steps.setdefault(arm, {}).setdefault(int(r["step"]), []).append(r["shift"])
+    none_runs = {
+        s: r for arm, t in by.items() if arm[0] == "none" for s, r in t.get("narrow", {}).items()
     }
+    none_shift = {s: r["shift"] for s, r in none_runs.items()}
     order = {m: i for i, m in enumerate(METHODS)}
     out = []
     for arm in sorted(by, key=lambda a: (order[a[0]], a[2], a[3], a[1])):
@@ -711,11 +812,34 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             ("in_domain_contrast", [r.get("in_domain_contrast") for r in narrow.values()]),
             ("perplexity", [r.get("perplexity") for r in narrow.values()]),
             ("narrow_loss", [r.get("eval_task_loss") for r in narrow.values()]),
+            ("benign_loss", [r.get("eval_task_loss") for r in benign.values()]),
             ("opswap_accuracy", [r.get("opswap_accuracy") for r in benign.values()]),
         ):
             row[key], row[key + "_se"] = _mean_se(vals)
+        row["paired_diff"], row["paired_diff_se"] = _mean_se(
+            _paired_per_question(narrow, none_runs)
+        )
+        row["checkpoints"] = {
+            st: _mean_se(v) for st, v in sorted(steps.get(arm, {}).items()) if st > 0
+        }
         out.append(row)
     return out
+
+
+def _paired_per_question(runs: Mapping[int, dict], none_runs: Mapping[int, dict]) -> list[float]:
+    """Per question: the mean over seeds (run by both) of arm minus ``none`` final shift."""
+    per_seed = [
+        (r.get("shift_per_question"), none_runs[s].get("shift_per_question"))
+        for s, r in runs.items()
+        if s in none_runs
+    ]
+    per_seed = [(a, b) for a, b in per_seed if a and b and len(a) == len(b)]
+    if not per_seed:
+        return []
+    n = len(per_seed[0][0])
+    if any(len(a) != n for a, _ in per_seed):
+        return []
+    return [sum(a[q] - b[q] for a, b in per_seed) / len(per_seed) for q in range(n)]
 
 
 def _cell(m, se, fmt="{:+.3f}") -> str:
@@ -730,10 +854,12 @@ TABLE_COLUMNS = (
     "directions",
     "seeds",
     "general shift (final)",
+    "paired Δ vs none",
     "reduction vs none (%)",
     "in-domain contrast",
     "narrow held-out loss",
     "neutral perplexity",
+    "opswap held-out loss",
     "opswap accuracy",
 )
 
@@ -743,7 +869,8 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
     lines = ["# Defense benchmark", ""]
     if cfg is not None:
         lines += [
-            f"Sizes: {cfg.steps} steps (eval every {cfg.eval_every}), batch {cfg.batch_size}, "
+            f"Sizes: {cfg.steps} steps (eval every {cfg.eval_every}; benign task "
+            f"{cfg.steps_for('benign')} steps), batch {cfg.batch_size}, "
             f"lr {cfg.lr:g}, LoRA rank {cfg.lora_rank}, max length {cfg.max_length}; eval pairs "
             f"{cfg.eval_pairs or 'all'}, held-out narrow items {cfg.eval_examples or 'all'}, "
             f"opswap items {cfg.benign_examples or 'all'}; model {cfg.model}.",
@@ -751,9 +878,10 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
         ]
     lines += [
         "Mean ± standard error over seeds. General shift: per-token contrast change (nats) on "
-        "em-core test pairs after the narrow fine-tune. Reduction: per seed 100 × (none − "
-        "defense) / none, then mean ± se. Strength: λ, α (steer) or the safe fraction "
-        "(interleave).",
+        "em-core test pairs after the narrow fine-tune. Paired Δ: per question, defense minus "
+        "none (same seeds), averaged over seeds, then mean ± se over questions. Reduction: per "
+        "seed 100 × (none − defense) / none, then mean ± se. Strength: λ, α (steer) or the safe "
+        "fraction (interleave).",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
@@ -767,13 +895,34 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
             dirs,
             seeds,
             _cell(r["shift"], r["shift_se"]),
+            _cell(r["paired_diff"], r["paired_diff_se"]),
             _cell(r["reduction_pct"], r["reduction_pct_se"], "{:+.1f}"),
             _cell(r["in_domain_contrast"], r["in_domain_contrast_se"]),
             _cell(r["narrow_loss"], r["narrow_loss_se"], "{:.3f}"),
             _cell(r["perplexity"], r["perplexity_se"], "{:.2f}"),
+            _cell(r["benign_loss"], r["benign_loss_se"], "{:.3f}"),
             _cell(r["opswap_accuracy"], r["opswap_accuracy_se"], "{:.3f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    ck_steps = sorted({st for r in table for st in r["checkpoints"]})
+    if ck_steps:
+        lines += [
+            "",
+            "General shift at each checkpoint (mean ± se over seeds, nats per token):",
+            "",
+            "| method | strength | directions | "
+            + " | ".join(f"step {st}" for st in ck_steps)
+            + " |",
+            "|" + "---|" * (3 + len(ck_steps)),
+        ]
+        for r in table:
+            if not r["checkpoints"]:
+                continue
+            dirs = "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
+            cells = [r["method"], f"{r['strength']:g}", dirs] + [
+                _cell(*r["checkpoints"].get(st, (None, None))) for st in ck_steps
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Seeds: narrow/benign runs finished. The reduction is a ratio to the `none` shift of the "
@@ -783,39 +932,98 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
     return "\n".join(lines)
 
 
-def pareto_figure(table: Sequence[dict]):
-    """General-shift reduction (x) against opswap accuracy (y): one trace per method and
-    direction variant, its strengths as points."""
-    import plotly.graph_objects as go
+PARETO_PANELS = (
+    ("benign_loss", "opswap held-out loss (lower: learned)"),
+    ("opswap_accuracy", "opswap exact-match accuracy"),
+    ("narrow_loss", "narrow held-out loss (lower: learned)"),
+)
 
-    fig = go.Figure()
+
+def pareto_figure(table: Sequence[dict]):
+    """General-shift reduction (x) against the benign task (opswap held-out loss; exact-match
+    accuracy) and the narrow task (held-out loss), one panel each: one trace per method and
+    direction variant, its strengths as labelled points, error bars ± one standard error."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=len(PARETO_PANELS),
+        subplot_titles=[title for _, title in PARETO_PANELS],
+        horizontal_spacing=0.06,
+    )
     groups: dict[str, list[dict]] = {}
     for r in table:
         name = (
             r["method"] if r["source"] == "-" else f"{r['method']} ({r['source']} @ {r['sites']})"
         )
         groups.setdefault(name, []).append(r)
-    for name, rs in groups.items():
+    palette = (
+        "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
+        "#393b79 #637939 #8c6d31 #843c39 #7b4173"
+    ).split()
+    for i, (name, rs) in enumerate(groups.items()):
         rs = sorted(rs, key=lambda r: r["strength"])
-        fig.add_trace(
-            go.Scatter(
-                x=[r["reduction_pct"] for r in rs],
-                y=[r["opswap_accuracy"] for r in rs],
-                error_x=dict(type="data", array=[r["reduction_pct_se"] or 0 for r in rs]),
-                error_y=dict(type="data", array=[r["opswap_accuracy_se"] or 0 for r in rs]),
-                text=[f"{r['strength']:g}" for r in rs],
-                mode="lines+markers+text",
-                textposition="top center",
-                name=name,
+        color = palette[i % len(palette)]
+        for col, (key, _) in enumerate(PARETO_PANELS, 1):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["reduction_pct"] for r in rs],
+                    y=[r[key] for r in rs],
+                    error_x=dict(type="data", array=[r["reduction_pct_se"] or 0 for r in rs]),
+                    error_y=dict(type="data", array=[r[key + "_se"] or 0 for r in rs]),
+                    text=[f"{r['strength']:g}" for r in rs],
+                    mode="lines+markers+text",
+                    textposition="top center",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line=dict(color=color),
+                    marker=dict(color=color),
+                ),
+                row=1,
+                col=col,
             )
-        )
+            fig.update_xaxes(title_text="general-shift reduction vs none (%)", row=1, col=col)
     fig.update_layout(
-        title="Defenses: reduction of the general shift vs benign (opswap) accuracy",
-        xaxis_title="general-shift reduction vs no defense (%)",
-        yaxis_title="opswap exact-match accuracy",
-        height=600,
+        title="Defenses: reduction of the general shift against task learning "
+        "(mean ± se over seeds; labels: strength)",
+        height=620,
+        width=1700,
     )
     return fig
+
+
+def load_config(out: str | os.PathLike) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` a benchmark folder was last run with (``benchmark.json``)."""
+    path = Path(out) / "benchmark.json"
+    if not path.is_file():
+        raise BenchmarkError(f"{out} holds no benchmark (no benchmark.json)")
+    d = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    d = {k: v for k, v in d.items() if k in names}
+    for k in ("methods", "seeds", "tasks", "sources", "site_modes"):
+        if k in d:
+            d[k] = tuple(d[k])
+    d["strengths"] = {m: tuple(v) for m, v in d.get("strengths", {}).items()}
+    return BenchmarkConfig(**d)
+
+
+def write_report(out: str | os.PathLike) -> dict:
+    """Rewrite ``table.md`` and ``defenses.html`` of a benchmark folder from *every* finished run in
+    its ``results.jsonl`` (also runs of earlier calls with other methods or direction variants);
+    runs nothing."""
+    from .plots import write_html
+
+    out = Path(out)
+    cfg = load_config(out)
+    rows = _read_results(out / "results.jsonl")
+    if not any(r.get("final") for r in rows):
+        raise BenchmarkError(f"{out / 'results.jsonl'} holds no finished run")
+    table = summarize(rows)
+    (out / "table.md").write_text(table_markdown(table, cfg))
+    write_html(pareto_figure(table), out / "defenses.html")
+    return {"table": str(out / "table.md"), "html": str(out / "defenses.html"), "rows": table}
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,6 +1046,12 @@ def add_arguments(p) -> None:
     d = BenchmarkConfig()
     g = p.add_argument_group("grid")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable)")
+    g.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite table.md and defenses.html of --out from every finished run "
+        "in its results.jsonl (e.g. after calls with different methods or direction variants)",
+    )
     g.add_argument(
         "--methods",
         type=_csv(),
@@ -879,6 +1093,9 @@ def add_arguments(p) -> None:
     s.add_argument("--model", default=d.model, help="model name or folder")
     s.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, ...")
     s.add_argument("--steps", type=int, default=d.steps)
+    s.add_argument(
+        "--benign-steps", type=int, default=None, help="steps of the benign task (default --steps)"
+    )
     s.add_argument("--eval-every", type=int, default=d.eval_every)
     s.add_argument("--batch-size", type=int, default=d.batch_size)
     s.add_argument("--lr", type=float, default=d.lr)
@@ -901,7 +1118,14 @@ def add_arguments(p) -> None:
     s.add_argument("--dir-pairs", type=_opt_int, default=d.dir_pairs, help="em-core train pairs")
     s.add_argument("--anchor", default=None, help="anchor set for the terms (default: train batch)")
     s.add_argument("--keep-checkpoints", action="store_true", help="keep each run's adapters")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (in all)")
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with threads/jobs torch threads (on a "
+        "2-core CPU, --jobs 2 --threads 2 is faster than one job of 2 threads)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -927,6 +1151,7 @@ def config_from_args(args) -> BenchmarkConfig:
         safe_data=args.safe_data,
         anchor=args.anchor,
         steps=args.steps,
+        benign_steps=args.benign_steps,
         eval_every=args.eval_every,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -950,8 +1175,16 @@ def config_from_args(args) -> BenchmarkConfig:
 def run_from_args(args, *, model_factory: ModelFactory | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "report_only", False):
+        res = write_report(args.out)
+        print(Path(res["table"]).read_text())
+        print(f"wrote {res['table']}, {res['html']}")
+        return 0
     cfg = config_from_args(args)
-    res = run_benchmark(cfg, args.out, model_factory=model_factory, progress=not args.no_progress)
+    jobs = getattr(args, "jobs", 1)
+    res = run_benchmark(
+        cfg, args.out, model_factory=model_factory, progress=not args.no_progress, jobs=jobs
+    )
     print(Path(res["table"]).read_text())
     print(f"wrote {res['results']}, {res['table']}, {res['html']}")
     return 0

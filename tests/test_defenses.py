@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -86,8 +87,12 @@ def data(tmp_path_factory):
     }
 
 
+# SAETOOLS_TEST_DEVICE=cuda runs these tests' models on a GPU (the runner's device handling)
+DEVICE = os.environ.get("SAETOOLS_TEST_DEVICE", "cpu")
+
+
 def _factory():
-    return new_tiny_model("llama"), make_tiny_tokenizer()
+    return new_tiny_model("llama").to(DEVICE), make_tiny_tokenizer()
 
 
 def _cfg(data, **kw):
@@ -164,7 +169,9 @@ def test_runs_every_method_writes_outputs_and_resumes(tmp_path, data):
     assert any(abs(r["shift"]) > 0 for r in finals if r["task"] == "narrow")
 
     # table.md: one row per method, numbers recomputed here from results.jsonl
-    lines = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ")]
+    text = (out / "table.md").read_text()
+    main_table, _, ck_table = text.partition("General shift at each checkpoint")
+    lines = [ln for ln in main_table.splitlines() if ln.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [
         dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
@@ -179,11 +186,33 @@ def test_runs_every_method_writes_outputs_and_resumes(tmp_path, data):
         assert se is None and m == pytest.approx(n["shift"], abs=6e-4)
         red, _ = _parse_cell(b["reduction vs none (%)"])
         assert red == pytest.approx(100 * (none_shift - n["shift"]) / none_shift, abs=0.06)
+        # paired: per question defense minus none (one seed), mean ± se over the 3 questions
+        diffs = [
+            a - b
+            for a, b in zip(
+                n["shift_per_question"], by["narrow", "none"]["shift_per_question"], strict=True
+            )
+        ]
+        pm, pse = _parse_cell(b["paired Δ vs none"])
+        assert pm == pytest.approx(_mean_se(diffs)[0], abs=6e-4)
+        assert pse == pytest.approx(_mean_se(diffs)[1], abs=6e-4)
+        assert _parse_cell(b["opswap held-out loss"])[0] == pytest.approx(
+            o["eval_task_loss"], abs=6e-4
+        )
         assert _parse_cell(b["in-domain contrast"])[0] == pytest.approx(
             n["in_domain_contrast"], abs=6e-4
         )
         assert _parse_cell(b["neutral perplexity"])[0] == pytest.approx(n["perplexity"], abs=6e-3)
         assert _parse_cell(b["opswap accuracy"])[0] == pytest.approx(o["opswap_accuracy"], abs=6e-4)
+    # the checkpoint table: shift at steps 1 and 2 of every method, as in results.jsonl
+    ck_lines = [ln for ln in ck_table.splitlines() if ln.startswith("| ")]
+    assert "step 1" in ck_lines[0] and "step 2" in ck_lines[0]
+    for ln in ck_lines[1:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        n = by["narrow", cells[0]]
+        step1 = next(r for r in rows if r["run_id"] == n["run_id"] and r["step"] == 1)
+        assert _parse_cell(cells[3])[0] == pytest.approx(step1["shift"], abs=6e-4)
+        assert _parse_cell(cells[4])[0] == pytest.approx(n["shift"], abs=6e-4)
     html = (out / "defenses.html").read_text()
     assert "plotly" in html.lower() and "directional-kl" in html
 
@@ -236,8 +265,16 @@ def test_summary_mean_and_se_over_seeds(tmp_path, data):
     red = [100 * (fin["none", s]["shift"] - fin["kl", s]["shift"]) / fin["none", s]["shift"]
            for s in (0, 1)]  # fmt: skip
     rm, rse = _mean_se(red)
-    assert _parse_cell(cells[5]) == (pytest.approx(rm, abs=0.06), pytest.approx(rse, abs=0.06))
-    assert cells[9] == "—"  # no benign runs
+    assert _parse_cell(cells[6]) == (pytest.approx(rm, abs=0.06), pytest.approx(rse, abs=0.06))
+    # paired: per question, kl minus none averaged over the 2 seeds, then mean ± se over questions
+    per_q = [
+        sum(fin["kl", s]["shift_per_question"][q] - fin["none", s]["shift_per_question"][q]
+            for s in (0, 1)) / 2
+        for q in range(3)
+    ]  # fmt: skip
+    pm, pse = _mean_se(per_q)
+    assert _parse_cell(cells[5]) == (pytest.approx(pm, abs=6e-4), pytest.approx(pse, abs=6e-4))
+    assert cells[10] == cells[11] == "—"  # no benign runs
     assert re.search(r"\| 2/0 \|", kl_line)
 
 
@@ -286,3 +323,55 @@ def test_direction_variants_are_separate_rows(tmp_path, data):
     text = (out / "table.md").read_text()
     for variant in ("em-core @ all", "em-core @ one", "modeldiff @ all", "modeldiff @ one"):
         assert f"| steer | 1 | {variant} |" in text
+
+
+def test_parallel_jobs_give_the_sequential_rows(tmp_path, data):
+    """jobs=2 (spawned workers) writes the same runs with the same numbers as jobs=1."""
+    cfg = _cfg(data, methods=("none", "kl", "directional-kl"), seeds=(0, 1), eval_every=2)
+    seq = run_benchmark(cfg, tmp_path / "seq", model_factory=_factory, progress=False, say=None)
+    par = run_benchmark(
+        cfg, tmp_path / "par", model_factory=_factory, progress=False, say=None, jobs=2
+    )
+    assert par["runs_done"] == seq["runs_done"] == len(plan_runs(cfg))
+
+    def finals(folder):
+        rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+        return {r["run_id"]: r for r in rows if r["final"]}
+
+    a, b = finals(tmp_path / "seq"), finals(tmp_path / "par")
+    assert a.keys() == b.keys()
+    for rid in a:
+        for key in ("shift", "eval_task_loss", "perplexity", "opswap_accuracy"):
+            if a[rid].get(key) is None:
+                assert b[rid].get(key) is None
+            else:
+                assert b[rid][key] == pytest.approx(a[rid][key], abs=1e-4), (rid, key)
+    with pytest.raises(BenchmarkError, match="jobs must be an integer >= 1"):
+        run_benchmark(cfg, tmp_path / "x", model_factory=_factory, jobs=0, say=None)
+    with pytest.raises(BenchmarkError, match="picklable model_factory"):
+        run_benchmark(cfg, tmp_path / "y", model_factory=lambda: _factory(), jobs=2, say=None)
+
+
+def test_report_only_tables_every_finished_run(tmp_path, data):
+    """Two calls with different methods into one folder: the second call's table shows only its
+    own grid; --report-only rewrites it from every finished run, and runs nothing."""
+    from saetools.cli import main
+    from saetools.defenses import load_config, write_report
+
+    out = tmp_path / "b4"
+    kw = dict(model_factory=_factory, progress=False, say=None)
+    run_benchmark(_cfg(data, methods=("none", "kl"), tasks=("narrow",)), out, **kw)
+    run_benchmark(_cfg(data, methods=("none", "ldifs"), tasks=("narrow",)), out, **kw)
+
+    def methods_in_table():
+        text = (out / "table.md").read_text().partition("General shift at each")[0]
+        return [ln.split("|")[1].strip() for ln in text.splitlines() if ln.startswith("| ")][1:]
+
+    assert methods_in_table() == ["none", "ldifs"]
+    before = (out / "results.jsonl").read_text()
+    assert main(["bench", "defenses", "--out", str(out), "--report-only"]) == 0
+    assert methods_in_table() == ["none", "kl", "ldifs"]
+    assert (out / "results.jsonl").read_text() == before  # nothing ran
+    assert load_config(out).methods == ("none", "ldifs") and load_config(out).steps == 2
+    with pytest.raises(BenchmarkError, match="holds no benchmark"):
+        write_report(tmp_path / "empty")
