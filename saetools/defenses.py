@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .stats import mean_se
+from .stats import mean_se, t_interval
 
 __all__ = [
     "DEFAULT_STRENGTHS",
@@ -816,9 +816,9 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             ("opswap_accuracy", [r.get("opswap_accuracy") for r in benign.values()]),
         ):
             row[key], row[key + "_se"] = _mean_se(vals)
-        row["paired_diff"], row["paired_diff_se"] = _mean_se(
-            _paired_per_question(narrow, none_runs)
-        )
+        per_q = _paired_per_question(narrow, none_runs)
+        row["paired_diff"], row["paired_diff_se"] = _mean_se(per_q)
+        row["paired_diff_ci"] = t_interval(per_q) if arm[0] != "none" else (None, None)
         row["checkpoints"] = {
             st: _mean_se(v) for st, v in sorted(steps.get(arm, {}).items()) if st > 0
         }
@@ -848,6 +848,11 @@ def _cell(m, se, fmt="{:+.3f}") -> str:
     return fmt.format(m) + ("" if se is None else " ± " + fmt.format(se).lstrip("+"))
 
 
+def _ci_cell(ci) -> str:
+    lo, hi = ci
+    return "—" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+
+
 TABLE_COLUMNS = (
     "method",
     "strength",
@@ -855,6 +860,7 @@ TABLE_COLUMNS = (
     "seeds",
     "general shift (final)",
     "paired Δ vs none",
+    "paired Δ 95% CI",
     "reduction vs none (%)",
     "in-domain contrast",
     "narrow held-out loss",
@@ -879,7 +885,8 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
     lines += [
         "Mean ± standard error over seeds. General shift: per-token contrast change (nats) on "
         "em-core test pairs after the narrow fine-tune. Paired Δ: per question, defense minus "
-        "none (same seeds), averaged over seeds, then mean ± se over questions. Reduction: per "
+        "none (same seeds), averaged over seeds, then mean ± se over questions, and its 95% "
+        "Student-t interval over questions. Reduction: per "
         "seed 100 × (none − defense) / none, then mean ± se. Strength: λ, α (steer) or the safe "
         "fraction (interleave).",
         "",
@@ -896,6 +903,7 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
             seeds,
             _cell(r["shift"], r["shift_se"]),
             _cell(r["paired_diff"], r["paired_diff_se"]),
+            _ci_cell(r["paired_diff_ci"]),
             _cell(r["reduction_pct"], r["reduction_pct_se"], "{:+.1f}"),
             _cell(r["in_domain_contrast"], r["in_domain_contrast_se"]),
             _cell(r["narrow_loss"], r["narrow_loss_se"], "{:.3f}"),

@@ -196,6 +196,13 @@ def test_runs_every_method_writes_outputs_and_resumes(tmp_path, data):
         pm, pse = _parse_cell(b["paired Δ vs none"])
         assert pm == pytest.approx(_mean_se(diffs)[0], abs=6e-4)
         assert pse == pytest.approx(_mean_se(diffs)[1], abs=6e-4)
+        if b["method"] == "none":
+            assert b["paired Δ 95% CI"] == "—"
+        else:  # t_{0.975} with 2 degrees of freedom is 4.303
+            lo, hi = (float(x) for x in b["paired Δ 95% CI"].strip("[]").split(","))
+            m, se = _mean_se(diffs)
+            assert (lo, hi) == (pytest.approx(m - 4.303 * se, abs=6e-4),
+                                pytest.approx(m + 4.303 * se, abs=6e-4))  # fmt: skip
         assert _parse_cell(b["opswap held-out loss"])[0] == pytest.approx(
             o["eval_task_loss"], abs=6e-4
         )
@@ -265,7 +272,7 @@ def test_summary_mean_and_se_over_seeds(tmp_path, data):
     red = [100 * (fin["none", s]["shift"] - fin["kl", s]["shift"]) / fin["none", s]["shift"]
            for s in (0, 1)]  # fmt: skip
     rm, rse = _mean_se(red)
-    assert _parse_cell(cells[6]) == (pytest.approx(rm, abs=0.06), pytest.approx(rse, abs=0.06))
+    assert _parse_cell(cells[7]) == (pytest.approx(rm, abs=0.06), pytest.approx(rse, abs=0.06))
     # paired: per question, kl minus none averaged over the 2 seeds, then mean ± se over questions
     per_q = [
         sum(fin["kl", s]["shift_per_question"][q] - fin["none", s]["shift_per_question"][q]
@@ -274,7 +281,7 @@ def test_summary_mean_and_se_over_seeds(tmp_path, data):
     ]  # fmt: skip
     pm, pse = _mean_se(per_q)
     assert _parse_cell(cells[5]) == (pytest.approx(pm, abs=6e-4), pytest.approx(pse, abs=6e-4))
-    assert cells[10] == cells[11] == "—"  # no benign runs
+    assert cells[11] == cells[12] == "—"  # no benign runs
     assert re.search(r"\| 2/0 \|", kl_line)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -145,3 +146,20 @@ def test_mean_se_matches_statistics_module():
     assert math.isclose(m, statistics.fmean(xs))
     assert math.isclose(se, statistics.stdev(xs) / math.sqrt(len(xs)))
     assert mean_se([]) == (None, None) and mean_se([2.0]) == (2.0, None)
+
+
+def test_t_interval_matches_scipy():
+    """95% t quantiles and intervals against scipy's Student t (an independent implementation)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from saetools.stats import t_interval, t_quantile_975
+
+    for df in list(range(1, 41)) + [50, 60, 80, 120, 200, 1000]:
+        assert t_quantile_975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=3e-3), df
+    xs = [0.3, -0.1, 0.25, 0.4, 0.05, 0.12]
+    lo, hi = t_interval(xs)
+    ref = scipy_stats.t.interval(0.95, len(xs) - 1, loc=statistics.mean(xs),
+                                 scale=statistics.stdev(xs) / math.sqrt(len(xs)))  # fmt: skip
+    assert (lo, hi) == (pytest.approx(ref[0], abs=1e-3), pytest.approx(ref[1], abs=1e-3))
+    assert t_interval([1.0]) == (None, None)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_quantile_975(0)
