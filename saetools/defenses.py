@@ -48,6 +48,7 @@ __all__ = [
     "parse_strengths",
     "plan_runs",
     "run_benchmark",
+    "matched",
     "summarize",
     "write_report",
 ]
@@ -471,6 +472,20 @@ def _train_config(cfg: BenchmarkConfig, run: Run, dir_files: Mapping[str, str], 
     )
 
 
+def _eval_batches(cfg: BenchmarkConfig, task: str, tok) -> list:
+    """The held-out items of a task's data (``eval_examples`` of its test split), collated."""
+    from .train import _pad_id, collate_examples, encode_training_example, load_chat_data
+
+    data = cfg.narrow_data if task == "narrow" else cfg.benign_data
+    try:
+        test = _limit(load_chat_data(data, "test"), cfg.eval_examples)
+    except ValueError:
+        test = []
+    enc = [encode_training_example(tok, e, max_length=cfg.max_length) for e in test]
+    pad = _pad_id(tok)
+    return [collate_examples(enc[i : i + 16], pad) for i in range(0, len(enc), 16)]
+
+
 def _run_one(
     cfg: BenchmarkConfig,
     run: Run,
@@ -481,10 +496,6 @@ def _run_one(
 ) -> list[dict]:
     from .evaluate import in_domain_contrast, neutral_perplexity, opswap_accuracy
     from .train import (
-        _pad_id,
-        collate_examples,
-        encode_training_example,
-        load_chat_data,
         pair_contrast,
         task_loss,
         train,
@@ -494,14 +505,7 @@ def _run_one(
     model, tok = factory()
     site = cfg.site or _middle_site(model)
     tc = _train_config(cfg, run, dir_files, site)
-    data = tc.data
-    try:
-        test = _limit(load_chat_data(data, "test"), cfg.eval_examples)
-    except ValueError:
-        test = []
-    enc = [encode_training_example(tok, e, max_length=cfg.max_length) for e in test]
-    pad = _pad_id(tok)
-    batches = [collate_examples(enc[i : i + 16], pad) for i in range(0, len(enc), 16)]
+    batches = _eval_batches(cfg, run.task, tok)
     narrow = run.task == "narrow"
     pairs = common["pairs"]
     base = common["base_contrast"] if narrow else None
@@ -517,7 +521,18 @@ def _run_one(
         row["eval_task_loss"] = task_loss(m, batches) if batches else None
         evals.append(row)
 
-    evaluate_at(0, model)  # the base model: shift 0 by definition, and the held-out task loss
+    # step 0 is the base model: shift 0 by definition, and the base held-out loss computed once
+    evals.append(
+        {
+            "step": 0,
+            **(
+                {"shift": 0.0, "shift_se": 0.0, "shift_per_question": [0.0] * len(base)}
+                if narrow
+                else {}
+            ),
+            "eval_task_loss": common["base_task_loss"][run.task],
+        }
+    )
 
     def on_step(step, logs):
         if narrow and step % cfg.eval_every == 0 and step != tc.steps:
@@ -612,6 +627,7 @@ def run_benchmark(
     say: Callable[[str], None] | None = print,
     jobs: int = 1,
     threads_per_job: int | None = None,
+    include_plotlyjs: bool | str = True,
 ) -> dict:
     """Run every missing run of the grid, then write ``table.md`` and ``defenses.html``.
 
@@ -675,12 +691,18 @@ def run_benchmark(
         }
         common["config"]["direction_files"] = dir_files
         common["config"]["device"] = cfg.device
-        if any(r.task == "narrow" for r in todo):
-            from .train import pair_contrast
+        # the base model's numbers, once: the contrast the shift is measured against, and the
+        # held-out task loss at step 0
+        from .train import pair_contrast, task_loss
 
-            base_model, base_tok = factory()
+        base_model, base_tok = factory()
+        if any(r.task == "narrow" for r in todo):
             common["base_contrast"] = pair_contrast(base_model, base_tok, common["pairs"]).cpu()
-            del base_model
+        common["base_task_loss"] = {}
+        for task in sorted({r.task for r in todo}):
+            b = _eval_batches(cfg, task, base_tok)
+            common["base_task_loss"][task] = task_loss(base_model, b) if b else None
+        del base_model
 
         def record(rows: list[dict]) -> None:
             with open(results_path, "a") as f:
@@ -703,7 +725,7 @@ def run_benchmark(
     (out / "table.md").write_text(table_markdown(table, cfg))
     from .plots import write_html
 
-    write_html(pareto_figure(table), out / "defenses.html")
+    write_html(pareto_figure(table), out / "defenses.html", include_plotlyjs=include_plotlyjs)
     return {
         "results": str(results_path),
         "table": str(out / "table.md"),
@@ -842,6 +864,101 @@ def _paired_per_question(runs: Mapping[int, dict], none_runs: Mapping[int, dict]
     return [sum(a[q] - b[q] for a, b in per_seed) / len(per_seed) for q in range(n)]
 
 
+MATCH_METRICS = (
+    "benign_loss",
+    "opswap_accuracy",
+    "narrow_loss",
+    "in_domain_contrast",
+    "perplexity",
+)
+
+
+def matched(table: Sequence[dict], targets: Sequence[float] = (50.0, 80.0)) -> list[dict]:
+    """Methods compared at matched reduction of the general shift: per method and direction
+    variant, each metric of :data:`MATCH_METRICS` linearly interpolated (along its strengths, in
+    order) at the first point where the mean reduction crosses each target (percent). Strength 0
+    is no defense (the ``none`` row, reduction 0), so the first segment starts there (not for
+    ``ablate``, which has no strength). ``None`` where the strengths never bracket the target.
+    ``none`` itself is left out."""
+    groups: dict[tuple, list[dict]] = {}
+    none = None
+    for r in table:
+        if r["method"] == "none":
+            none = r
+        elif r["reduction_pct"] is not None:
+            groups.setdefault((r["method"], r["source"], r["sites"]), []).append(r)
+    out = []
+    for (method, source, sites), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["strength"])
+        if none is not None and method != "ablate" and rs[0]["strength"] > 0:
+            rs = [{**none, "strength": 0.0, "reduction_pct": 0.0, "_anchor": True}] + rs
+        row: dict = {"method": method, "source": source, "sites": sites, "at": {}}
+        for t in targets:
+            hit = None
+            for a, b in zip(rs, rs[1:], strict=False):
+                ra, rb = a["reduction_pct"], b["reduction_pct"]
+                if ra == t:
+                    hit = (a, a, 0.0)
+                elif (ra - t) * (rb - t) < 0 or rb == t:
+                    hit = (a, b, (t - ra) / (rb - ra))
+                if hit:
+                    break
+            if hit is None and len(rs) == 1 and rs[0]["reduction_pct"] == t:
+                hit = (rs[0], rs[0], 0.0)
+            vals: dict = {}
+            if hit:
+                a, b, w = hit
+                vals["strength"] = a["strength"] + w * (b["strength"] - a["strength"])
+                vals["from_none"] = bool(a.get("_anchor")) and w > 0
+                for k in MATCH_METRICS:
+                    va, vb = a.get(k), b.get(k)
+                    vals[k] = None if va is None or vb is None else va + w * (vb - va)
+            row["at"][float(t)] = vals or None
+        out.append(row)
+    return out
+
+
+def _matched_markdown(table: Sequence[dict], targets=(50.0, 80.0)) -> list[str]:
+    rows = matched(table, targets)
+    none = next((r for r in table if r["method"] == "none"), None)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "At matched reduction of the general shift (linear interpolation between the two strengths "
+        "whose mean reductions bracket the target, strength 0 being no defense; — where none do). "
+        "\\* marks a value interpolated between no defense and the lowest strength: that stretch "
+        "of the curve was not measured, so read it as a rough guess. Lower held-out loss is better "
+        "learning; no defense: "
+        + (
+            f"opswap loss {none['benign_loss']:.3f}, narrow loss {none['narrow_loss']:.3f}."
+            if none and none.get("benign_loss") is not None and none.get("narrow_loss") is not None
+            else "not run."
+        ),
+        "",
+        "| method | directions | "
+        + " | ".join(f"{t:g}%: strength | opswap loss | opswap acc | narrow loss" for t in targets)
+        + " |",
+        "|" + "---|" * (2 + 4 * len(targets)),
+    ]
+    for r in rows:
+        dirs = "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
+        cells = [r["method"], dirs]
+        for t in targets:
+            v = r["at"][float(t)]
+            if not v:
+                cells += ["—"] * 4
+                continue
+            cells += [
+                f"{v['strength']:.3g}" + (" *" if v["from_none"] else ""),
+                "—" if v["benign_loss"] is None else f"{v['benign_loss']:.3f}",
+                "—" if v["opswap_accuracy"] is None else f"{v['opswap_accuracy']:.3f}",
+                "—" if v["narrow_loss"] is None else f"{v['narrow_loss']:.3f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cell(m, se, fmt="{:+.3f}") -> str:
     if m is None:
         return "—"
@@ -912,6 +1029,7 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
             _cell(r["opswap_accuracy"], r["opswap_accuracy_se"], "{:.3f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _matched_markdown(table)
     ck_steps = sorted({st for r in table for st in r["checkpoints"]})
     if ck_steps:
         lines += [
@@ -1017,10 +1135,10 @@ def load_config(out: str | os.PathLike) -> BenchmarkConfig:
     return BenchmarkConfig(**d)
 
 
-def write_report(out: str | os.PathLike) -> dict:
+def write_report(out: str | os.PathLike, *, include_plotlyjs: bool | str = True) -> dict:
     """Rewrite ``table.md`` and ``defenses.html`` of a benchmark folder from *every* finished run in
     its ``results.jsonl`` (also runs of earlier calls with other methods or direction variants);
-    runs nothing."""
+    runs nothing. ``include_plotlyjs="cdn"`` writes a small HTML that loads plotly.js online."""
     from .plots import write_html
 
     out = Path(out)
@@ -1030,7 +1148,7 @@ def write_report(out: str | os.PathLike) -> dict:
         raise BenchmarkError(f"{out / 'results.jsonl'} holds no finished run")
     table = summarize(rows)
     (out / "table.md").write_text(table_markdown(table, cfg))
-    write_html(pareto_figure(table), out / "defenses.html")
+    write_html(pareto_figure(table), out / "defenses.html", include_plotlyjs=include_plotlyjs)
     return {"table": str(out / "table.md"), "html": str(out / "defenses.html"), "rows": table}
 
 
@@ -1059,6 +1177,12 @@ def add_arguments(p) -> None:
         action="store_true",
         help="run nothing: rewrite table.md and defenses.html of --out from every finished run "
         "in its results.jsonl (e.g. after calls with different methods or direction variants)",
+    )
+    g.add_argument(
+        "--plotlyjs",
+        choices=("inline", "cdn"),
+        default="inline",
+        help="defenses.html with plotly.js inline (works offline, ~5 MB) or loaded from a CDN",
     )
     g.add_argument(
         "--methods",
@@ -1180,18 +1304,27 @@ def config_from_args(args) -> BenchmarkConfig:
     )
 
 
+def _plotlyjs(args) -> bool | str:
+    return "cdn" if getattr(args, "plotlyjs", "inline") == "cdn" else True
+
+
 def run_from_args(args, *, model_factory: ModelFactory | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if getattr(args, "report_only", False):
-        res = write_report(args.out)
+        res = write_report(args.out, include_plotlyjs=_plotlyjs(args))
         print(Path(res["table"]).read_text())
         print(f"wrote {res['table']}, {res['html']}")
         return 0
     cfg = config_from_args(args)
     jobs = getattr(args, "jobs", 1)
     res = run_benchmark(
-        cfg, args.out, model_factory=model_factory, progress=not args.no_progress, jobs=jobs
+        cfg,
+        args.out,
+        model_factory=model_factory,
+        progress=not args.no_progress,
+        jobs=jobs,
+        include_plotlyjs=_plotlyjs(args),
     )
     print(Path(res["table"]).read_text())
     print(f"wrote {res['results']}, {res['table']}, {res['html']}")

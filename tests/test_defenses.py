@@ -117,6 +117,14 @@ def _cfg(data, **kw):
     return BenchmarkConfig(**base)
 
 
+def _first_table(text: str) -> list[str]:
+    """The rows (header first, no separator) of the first markdown table in ``text``."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [ln for ln in lines[start:end] if ln.startswith("| ")]
+
+
 def _parse_cell(cell: str):
     if cell == "—":
         return None, None
@@ -170,8 +178,8 @@ def test_runs_every_method_writes_outputs_and_resumes(tmp_path, data):
 
     # table.md: one row per method, numbers recomputed here from results.jsonl
     text = (out / "table.md").read_text()
-    main_table, _, ck_table = text.partition("General shift at each checkpoint")
-    lines = [ln for ln in main_table.splitlines() if ln.startswith("| ")]
+    ck_table = text.partition("General shift at each checkpoint")[2]
+    lines = _first_table(text)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [
         dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
@@ -371,8 +379,7 @@ def test_report_only_tables_every_finished_run(tmp_path, data):
     run_benchmark(_cfg(data, methods=("none", "ldifs"), tasks=("narrow",)), out, **kw)
 
     def methods_in_table():
-        text = (out / "table.md").read_text().partition("General shift at each")[0]
-        return [ln.split("|")[1].strip() for ln in text.splitlines() if ln.startswith("| ")][1:]
+        return [ln.split("|")[1].strip() for ln in _first_table((out / "table.md").read_text())][1:]
 
     assert methods_in_table() == ["none", "ldifs"]
     before = (out / "results.jsonl").read_text()
@@ -382,3 +389,36 @@ def test_report_only_tables_every_finished_run(tmp_path, data):
     assert load_config(out).methods == ("none", "ldifs") and load_config(out).steps == 2
     with pytest.raises(BenchmarkError, match="holds no benchmark"):
         write_report(tmp_path / "empty")
+
+
+def test_matched_reduction_interpolates_by_hand():
+    """matched(): linear interpolation at the first crossing of each target, strength 0 = none."""
+    from saetools.defenses import matched
+
+    def row(method, strength, red, benign, source="-", sites="-"):
+        return {"method": method, "strength": strength, "source": source, "sites": sites,
+                "reduction_pct": red, "benign_loss": benign, "opswap_accuracy": 0.5,
+                "narrow_loss": 2.0, "in_domain_contrast": None, "perplexity": 20.0}  # fmt: skip
+
+    table = [
+        row("none", 0.0, 0.0, 1.0),
+        row("kl", 1.0, 40.0, 2.0),
+        row("kl", 3.0, 90.0, 4.0),
+        row("steer", 2.0, 100.0, 1.5, "modeldiff", "all"),
+        row("ablate", 1.0, 120.0, 3.0, "modeldiff", "all"),
+    ]
+    got = {r["method"]: r["at"] for r in matched(table, targets=(50.0, 80.0, 95.0))}
+    assert "none" not in got
+    # kl: 50% lies 1/5 of the way from (1, 40%, 2.0) to (3, 90%, 4.0)
+    assert got["kl"][50.0]["strength"] == pytest.approx(1.4)
+    assert got["kl"][50.0]["benign_loss"] == pytest.approx(2.4)
+    assert got["kl"][50.0]["from_none"] is False
+    assert got["kl"][80.0]["benign_loss"] == pytest.approx(2.0 + 0.8 * 2.0)
+    assert got["kl"][95.0] is None  # never reached
+    # steer: between none (0, 0%, 1.0) and (2, 100%, 1.5): marked as interpolated from none
+    assert got["steer"][50.0]["strength"] == pytest.approx(1.0)
+    assert got["steer"][50.0]["benign_loss"] == pytest.approx(1.25)
+    assert got["steer"][50.0]["from_none"] is True
+    assert got["steer"][50.0]["in_domain_contrast"] is None  # missing metrics stay missing
+    # ablate has no strength axis: no curve to interpolate along
+    assert all(v is None for v in got["ablate"].values())
