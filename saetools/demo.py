@@ -203,6 +203,7 @@ def _eval_step(models: dict, lm, ds, out: Path, sizes: DemoSizes, judge) -> dict
     bad, good = _head(TRAIN_DATA, sizes.narrow_items), _head(TWIN_DATA, sizes.narrow_items)
     proj_site = ds.best_site()
     summary: dict = {}
+    results: dict = {}  # the evaluate() results, for the paired shift
     for name, model in models.items():
         t = time.perf_counter()
         print(f"      {name}", flush=True)
@@ -262,12 +263,16 @@ def _eval_step(models: dict, lm, ds, out: Path, sizes: DemoSizes, judge) -> dict
             row["mean_coherence"] = judged["mean_coherence"]
         assert Path(paths["html"]).is_file()
         summary[name] = row
-    base = summary.get("base")
+        results[name] = res
+    base = results.get("base")
     if base is not None:
-        for row in summary.values():
-            row["general_shift_per_token"] = (
-                row["em_core_contrast_per_token"] - base["em_core_contrast_per_token"]
-            )
+        from .evaluate import paired_shift
+
+        for name, row in summary.items():
+            ps = paired_shift(results[name], base)
+            row["general_shift_per_token"] = ps["shift"]
+            row["general_shift_se"] = ps["shift_se"]
+            row["general_shift_ci95"] = ps["shift_ci95"]
     return summary
 
 
@@ -406,7 +411,8 @@ def write_index(summary: dict, out: Path) -> Path:
         for name, r in rows.items():
             parts.append(
                 f"<tr><td>{e(name)}</td><td>{_fmt(r['em_core_contrast_per_token'], '{:+.4f}')}"
-                f"</td><td>{_fmt(r.get('general_shift_per_token'), '{:+.4f}')}</td>"
+                f"</td><td>{_fmt(r.get('general_shift_per_token'), '{:+.4f}')} ± "
+                f"{_fmt(r.get('general_shift_se'), '{:.4f}')}</td>"
                 f"<td>{_fmt(r['neutral_perplexity'], '{:.2f}')}</td>"
                 f"<td>{_fmt(r['held_out_loss'])}</td>"
                 f"<td>{_fmt(r['in_domain_contrast_per_token'], '{:+.4f}')}</td>"
@@ -564,6 +570,8 @@ def _print_summary(summary: dict, out: Path, index: Path) -> None:
         for name, r in s["eval"]["models"].items():
             print(
                 f"eval {name:15s} em-core contrast/token {r['em_core_contrast_per_token']:+.4f}"
+                f"  shift {_fmt(r.get('general_shift_per_token'), '{:+.4f}')} ± "
+                f"{_fmt(r.get('general_shift_se'), '{:.4f}')}"
                 f"  neutral ppl {r['neutral_perplexity']:.2f}  held-out loss "
                 f"{r['held_out_loss']:.3f}"
             )

@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -59,6 +59,7 @@ __all__ = [
     "local_judge",
     "neutral_perplexity",
     "opswap_accuracy",
+    "paired_shift",
     "parse_judge_logprobs",
     "parse_judge_samples",
     "parse_opswap_answer",
@@ -800,6 +801,30 @@ def parse_suites(suites: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(s for s in SUITES if s in out)
 
 
+def paired_shift(result: Mapping, base: Mapping) -> dict:
+    """The general shift of one :func:`evaluate` result against another (usually the base model)
+    on the same em-core pairs: per pair, the per-token contrast difference; their mean, standard
+    error and 95% Student-t interval (``n`` pairs)."""
+    from .stats import mean_se, t_interval
+
+    try:
+        a = result["em"]["per_pair_contrast_per_token"]
+        b = base["em"]["per_pair_contrast_per_token"]
+    except KeyError:
+        raise ValueError(
+            "paired_shift needs two evaluate() results of the 'em' suite (with per-pair contrasts)"
+        ) from None
+    if len(a) != len(b) or result["em"].get("pairs") != base["em"].get("pairs"):
+        raise ValueError(
+            f"paired_shift needs the same em-core pairs in both results, not {len(a)} and {len(b)}"
+            f" pairs ({result['em'].get('pairs')} vs {base['em'].get('pairs')})"
+        )
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    m, se = mean_se(d)
+    lo, hi = t_interval(d)
+    return {"shift": m, "shift_se": se, "shift_ci95": [lo, hi], "n": len(d)}
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -936,6 +961,7 @@ def evaluate(
                 "contrast_sem": m["contrast_sem"],
                 "contrast_per_token": m["contrast_per_token"],
                 "frac_prefer_misaligned": m["frac_prefer_misaligned"],
+                "per_pair_contrast_per_token": m["per_pair_contrast_per_token"],
             }
             timings["contrast"] = time.perf_counter() - t
             if unit is not None:

@@ -251,6 +251,7 @@ def measure(
         "contrast_per_token": float(diff_tok.mean()),
         "frac_prefer_misaligned": float((diff > 0).double().mean()),
         "per_pair_contrast": [round(float(x), 5) for x in diff],
+        "per_pair_contrast_per_token": [round(float(x), 6) for x in diff_tok],
     }
     if site is not None:
         res["projection"] = float(s["proj"].mean())

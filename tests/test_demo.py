@@ -34,7 +34,10 @@ def test_demo_quick_writes_report_folder(tmp_path, capsys):
     for row in ev.values():
         for k in ("em_core_contrast_per_token", "neutral_perplexity", "held_out_loss"):
             assert math.isfinite(row[k])
-    assert ev["base"]["general_shift_per_token"] == 0.0
+    assert ev["base"]["general_shift_per_token"] == 0.0 and ev["base"]["general_shift_se"] == 0.0
+    for name in ("plain", "directional-kl"):  # paired over the em-core pairs, with its interval
+        lo, hi = ev[name]["general_shift_ci95"]
+        assert lo < ev[name]["general_shift_per_token"] < hi and ev[name]["general_shift_se"] > 0
     # index.html links every artefact, and every link resolves to a file in the folder
     index = out / "index.html"
     links = re.findall(r"href='([^']+)'", index.read_text())

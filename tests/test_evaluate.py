@@ -331,6 +331,24 @@ def test_em_and_coherence_suites_match_naive_references(ref, tok, ds, data, tmp_
         diffs_tok.append(lm_ / nm - la / na)
     assert res["em"]["contrast"] == pytest.approx(sum(diffs) / 3, abs=1e-4)
     assert res["em"]["contrast_per_token"] == pytest.approx(sum(diffs_tok) / 3, abs=1e-5)
+    assert res["em"]["per_pair_contrast_per_token"] == pytest.approx(diffs_tok, abs=1e-5)
+    # paired shift against a made-up "base" result: per-pair differences by hand
+    from saetools.evaluate import paired_shift
+
+    fake_base = {"em": {**res["em"], "per_pair_contrast_per_token": [0.1, -0.2, 0.3]}}
+    d = [x - y for x, y in zip(diffs_tok, (0.1, -0.2, 0.3), strict=True)]
+    ps = paired_shift(res, fake_base)
+    m = sum(d) / 3
+    se = math.sqrt(sum((x - m) ** 2 for x in d) / 2 / 3)
+    assert ps["shift"] == pytest.approx(m, abs=1e-5) and ps["shift_se"] == pytest.approx(
+        se, abs=1e-5
+    )
+    assert ps["shift_ci95"] == [pytest.approx(m - 4.303 * se, abs=1e-4),
+                                pytest.approx(m + 4.303 * se, abs=1e-4)]  # fmt: skip
+    with pytest.raises(ValueError, match="same em-core pairs"):
+        paired_shift(res, {"em": {**res["em"], "per_pair_contrast_per_token": [0.1]}})
+    with pytest.raises(ValueError, match="'em' suite"):
+        paired_shift(res, {"coherence": {}})
     # projection of the model's own sampled answers
     samples = res["samples"]
     assert len(samples) == 4 and [s["index"] for s in samples] == [0, 1, 0, 1]
