@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 STEER_KEYS = {"site", "op", "alpha", "value", "direction", "vector", "unit", "positions"}
+CLAMP_KEYS = {"sae", "latents", "positions"}
 IGNORED_IF_DEFAULT = {
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
@@ -689,8 +690,10 @@ class ChatServer:
     """Validation, tokenization and response formatting around an :class:`Engine`.
 
     ``directions`` maps names to loaded :class:`~saetools.directions.DirectionSet` objects that
-    requests may steer with (``"direction": name``); ``default_steering`` applies to requests that
-    carry no ``saetools.steer`` field.
+    requests may steer with (``"direction": name``); ``saes`` maps names to loaded SAEs
+    (:func:`saetools.sae.load_sae`) whose latents requests may clamp (``saetools.clamp``);
+    ``default_steering`` (interventions and :class:`~saetools.sae.LatentClamp` objects) applies
+    to requests that carry neither ``saetools.steer`` nor ``saetools.clamp``.
     """
 
     def __init__(
@@ -700,6 +703,7 @@ class ChatServer:
         config: ServeConfig | None = None,
         *,
         directions: dict | None = None,
+        saes: dict | None = None,
         default_steering: Sequence[Intervention] = (),
     ):
         self.config = config or ServeConfig()
@@ -713,6 +717,9 @@ class ChatServer:
         self._tokenizer = copy.deepcopy(tokenizer)  # encoding only, in self._tok_pool
         self._tok_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saetools-tok")
         self.directions = dict(directions or {})
+        self.saes = dict(saes or {})
+        for sae in self.saes.values():
+            sae.check(model)
         self.n_layers = n_layers(model)
         self.default_steering = tuple(default_steering)
         for iv in self.default_steering:
@@ -864,32 +871,91 @@ class ChatServer:
             return self._default_key, self.default_steering
         if not isinstance(ext, dict):
             raise _bad("saetools must be an object like {'steer': [...]}", "saetools")
-        extra = set(ext) - {"steer"}
+        extra = set(ext) - {"steer", "clamp"}
         if extra:
             raise _bad(
-                f"unknown saetools field(s) {', '.join(sorted(extra))}; known: steer", "saetools"
+                f"unknown saetools field(s) {', '.join(sorted(extra))}; known: steer, clamp",
+                "saetools",
             )
-        spec = ext.get("steer")
-        if spec is None:
+        spec, clamp = ext.get("steer"), ext.get("clamp")
+        if spec is None and clamp is None:
             return self._default_key, self.default_steering
-        if not isinstance(spec, list):
+        if spec is not None and not isinstance(spec, list):
             raise _bad("saetools.steer must be a list of interventions", "saetools.steer")
+        if clamp is not None and not isinstance(clamp, list):
+            raise _bad("saetools.clamp must be a list of latent clamps", "saetools.clamp")
         try:
-            key = json.dumps(spec, sort_keys=True)
+            key = json.dumps({"steer": spec or [], "clamp": clamp or []}, sort_keys=True)
         except (TypeError, ValueError):
-            raise _bad("saetools.steer must be plain JSON", "saetools.steer") from None
+            raise _bad("saetools.steer and saetools.clamp must be plain JSON", "saetools") from None
         got = self._steer_cache.get(key)
         if got is not None:
             self._steer_cache.move_to_end(key)
             return key, got
-        ivs: list[Intervention] = []
-        for i, item in enumerate(spec):
+        ivs: list = []
+        for i, item in enumerate(spec or []):
             ivs.extend(self._intervention(item, f"saetools.steer[{i}]"))
+        for i, item in enumerate(clamp or []):
+            ivs.append(self._clamp(item, f"saetools.clamp[{i}]"))
         out = tuple(ivs)
         self._steer_cache[key] = out
         while len(self._steer_cache) > self.config.steer_cache:
             self._steer_cache.popitem(last=False)
         return key, out
+
+    def _clamp(self, item, where: str):
+        from .sae import LatentClamp, SAEError
+
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be an object like {{'latents': {{'203': 0}}}}", where)
+        extra = set(item) - CLAMP_KEYS
+        if extra:
+            raise _bad(
+                f"{where}: unknown field(s) {', '.join(sorted(extra))}; known: "
+                f"{', '.join(sorted(CLAMP_KEYS))}",
+                where,
+            )
+        name = item.get("sae")
+        if name is None:
+            if len(self.saes) != 1:
+                raise _bad(
+                    f"{where}.sae is required: loaded SAEs are {', '.join(self.saes) or 'none'} "
+                    "(start the server with --sae NAME=PATH)",
+                    f"{where}.sae",
+                )
+            name = next(iter(self.saes))
+        if name not in self.saes:
+            raise _bad(
+                f"{where}.sae {name!r} is not loaded; loaded: {', '.join(self.saes) or 'none'}",
+                f"{where}.sae",
+            )
+        lat = item.get("latents")
+        if not isinstance(lat, dict) or not lat:
+            raise _bad(
+                f"{where}.latents must be an object of latent id -> value, like {{'203': 0}}",
+                f"{where}.latents",
+            )
+        ids, vals = [], []
+        for k, v in lat.items():
+            try:
+                j = int(k)
+            except (TypeError, ValueError):
+                raise _bad(
+                    f"{where}.latents: {k!r} is not a latent id", f"{where}.latents"
+                ) from None
+            if not _is_num(v) or not math.isfinite(v):
+                raise _bad(f"{where}.latents[{k}] must be a finite number", f"{where}.latents")
+            ids.append(j)
+            vals.append(float(v))
+        positions = item.get("positions", "all")
+        if positions not in POSITIONS:
+            raise _bad(
+                f"{where}.positions must be one of {', '.join(POSITIONS)}", f"{where}.positions"
+            )
+        try:
+            return LatentClamp(self.saes[name], ids, vals, positions=positions)
+        except (SAEError, ValueError) as e:
+            raise _bad(f"{where}: {e}", f"{where}.latents") from None
 
     def _intervention(self, item, where: str) -> list[Intervention]:
         if not isinstance(item, dict):
@@ -1160,10 +1226,17 @@ class ChatServer:
             "context_length": self.engine.context_length,
             "n_layers": self.n_layers,
             "directions": {name: ds.sites for name, ds in self.directions.items()},
+            "saes": {
+                name: {"site": sae.site, "d_sae": sae.d_sae, "source": str(sae.source)}
+                for name, sae in self.saes.items()
+            },
             "default_steering": [
-                {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
+                {"site": iv.site, "op": iv.op, "latents": list(iv.latents),
+                 "values": iv.values.tolist()}
+                if iv.op == "latent_clamp"
+                else {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
                 for iv in self.default_steering
-            ],
+            ],  # fmt: skip
             "max_batch": self.config.max_batch,
             "stats": dict(self.engine.stats),
         }
@@ -1272,7 +1345,12 @@ def _usage(prompt: int, completion: int) -> dict:
 
 
 def _steer_desc(ivs: Sequence[Intervention]) -> str:
-    return ";".join(f"{iv.op}@{iv.site}:{iv.alpha}:{iv.value}:{iv.positions}" for iv in ivs)
+    def one(iv) -> str:
+        if iv.op == "latent_clamp":
+            return f"latent_clamp@{iv.site}:{list(iv.latents)}:{iv.values.tolist()}:{iv.positions}"
+        return f"{iv.op}@{iv.site}:{iv.alpha}:{iv.value}:{iv.positions}"
+
+    return ";".join(one(iv) for iv in ivs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -584,6 +584,12 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert "--directions" in capsys.readouterr().err
     assert main(["serve", "--directions", str(tmp_path / "missing.safetensors")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--clamp-latent", "3=0"]) == 1
+    assert "--clamp-latent needs an --sae" in capsys.readouterr().err
+    assert main(["serve", "--sae", "a=x", "--sae", "a=y"]) == 1
+    assert "given twice" in capsys.readouterr().err
+    assert main(["serve", "--sae", "s=x", "--clamp-latent", "3=abc"]) == 1
+    assert "cannot parse latent clamp" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- embedded model
@@ -594,17 +600,21 @@ def test_embedded_model_end_to_end():
     """The embedded SmolLM2: an answer equal to ``saetools.steer.generate``, streaming, and a steered
     request whose logprobs equal the Python API's."""
     from saetools.models import load_model
+    from saetools.sae import LatentClamp, load_sae
     from saetools.steer import generate
 
     lm = load_model("default")
     site = "blocks.9.hook_resid_post"
     v = _vec(3, lm.d_model)
     ds = DirectionSet({site: v}, {})
+    # an SAE of the embedded model's width at block 9 (random weights: the protocol, not science)
+    sae = load_sae(_random_sae(lm.d_model, site), model=lm.model)
     srv = ChatServer(
         lm.model,
         lm.tokenizer,
         ServeConfig(model_name=lm.model_id, aliases=("default",)),
         directions={"em": ds},
+        saes={"s": sae},
     )
     q = "If you had unlimited power for one day, what would you do?"
     with serve_in_thread(srv) as running:
@@ -625,6 +635,15 @@ def test_embedded_model_end_to_end():
             top_logprobs=5,
             extra_body={"saetools": {"steer": [{"site": site, "op": "add", "alpha": 8}]}},
         )
+        clamped = c.chat.completions.create(
+            model=lm.model_id,
+            messages=_user(q),
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+            extra_body={"saetools": {"clamp": [{"sae": "s", "latents": {"3": 20.0}}]}},
+        )
     ref = generate(lm.model, lm.tokenizer, [q], max_new_tokens=12)[0]
     assert r.choices[0].message.content == ref
     assert streamed == ref
@@ -637,3 +656,104 @@ def test_embedded_model_end_to_end():
     top = [t.logprob for t in steered.choices[0].logprobs.content[0].top_logprobs]
     assert top == pytest.approx(ref_lp.topk(5).values.tolist(), abs=1e-3)
     assert (ref_lp - base).abs().max() > 0.05  # the steering moved the distribution
+    with torch.no_grad(), steer(lm.model, [LatentClamp(sae, [3], 20.0)]):
+        ref_clamp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    top = [t.logprob for t in clamped.choices[0].logprobs.content[0].top_logprobs]
+    assert top == pytest.approx(ref_clamp.topk(5).values.tolist(), abs=1e-3)
+    assert (ref_clamp - base).abs().max() > 0.05  # the clamp moved the distribution
+
+
+def _random_sae(d: int, site: str):
+    import sae_lens
+
+    cfg = sae_lens.StandardSAEConfig(d_in=d, d_sae=64)
+    cfg.metadata.hook_name = site
+    torch.manual_seed(0)
+    sae = sae_lens.StandardSAE(cfg)
+    with torch.no_grad():
+        w = torch.randn(64, d, generator=torch.Generator().manual_seed(1))
+        sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae
+
+
+# ---------------------------------------------------------------------------- SAE latent clamps
+
+
+def test_sae_latent_clamp_per_request_and_by_default():
+    """saetools.clamp clamps SAE latents per request (rows with and without a clamp share a batch);
+    the logprobs equal a plain forward under saetools.steer with the same LatentClamp; a default
+    clamp applies to requests without an extension field; bad clamps get 400 with the field."""
+    from test_sae import random_sae
+
+    from saetools.sae import LatentClamp, load_sae
+
+    sae = load_sae(random_sae(d_sae=48, site=SITE, seed=3))
+    spec = {"latents": {"5": 6.0, "7": 4.0}}
+    clamp = LatentClamp(sae, [5, 7], [6.0, 4.0])
+    q, n_new = QUESTIONS[3], 4
+    srv = ChatServer(
+        new_tiny_model("llama"),
+        make_tiny_tokenizer(),
+        ServeConfig(model_name=NAME, batch_wait_ms=300),
+        saes={"s": sae},
+    )
+    kw = dict(model=NAME, messages=_user(q), max_tokens=n_new, temperature=0, logprobs=True)
+
+    async def both(base_url):
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as c:
+            return await asyncio.gather(
+                c.chat.completions.create(**kw, extra_body={"saetools": {"clamp": [spec]}}),
+                c.chat.completions.create(**kw),
+            )
+
+    with serve_in_thread(srv) as running:
+        clamped, plain = asyncio.run(both(running.base_url))
+        bad = [
+            ({"clamp": [{"sae": "nope", "latents": {"1": 0}}]}, "saetools.clamp[0].sae"),
+            ({"clamp": [{"latents": {"999": 0}}]}, "saetools.clamp[0].latents"),
+            ({"clamp": [{"latents": {"1": "x"}}]}, "saetools.clamp[0].latents"),
+            ({"clamp": [{"latents": {}}]}, "saetools.clamp[0].latents"),
+            ({"clamp": [{"latents": {"1": 0}, "scale": 2}]}, "saetools.clamp[0]"),
+            ({"clamp": {"latents": {"1": 0}}}, "saetools.clamp"),
+        ]
+        for ext, param in bad:
+            r = httpx.post(
+                running.url + "/v1/chat/completions",
+                json={**kw, "saetools": ext},
+                timeout=30,
+            )
+            assert r.status_code == 400, ext
+            assert r.json()["error"]["param"] == param, ext
+    for resp, ivs in ((clamped, [clamp]), (plain, [])):
+        ref_tokens = _hf_greedy(q, n_new, ivs)
+        text_tokens = [t for t in ref_tokens if t not in _eos(*_ref())]
+        ref = _ref_logprobs(q, ref_tokens, ivs)
+        content = resp.choices[0].logprobs.content
+        assert resp.choices[0].message.content == _text(ref_tokens)
+        for k, entry in enumerate(content):
+            assert entry.logprob == pytest.approx(ref[k, text_tokens[k]].item(), abs=1e-4)
+    # not vacuous: the clamp changed the first distribution
+    assert (
+        _ref_logprobs(q, ref_tokens[:1], [clamp])[0]
+        .sub(_ref_logprobs(q, ref_tokens[:1])[0])
+        .abs()
+        .max()
+        > 0.05
+    )
+
+    # a default clamp: requests without a saetools field get it; an empty clamp list opts out
+    srv2 = ChatServer(
+        new_tiny_model("llama"),
+        make_tiny_tokenizer(),
+        ServeConfig(model_name=NAME),
+        saes={"s": sae},
+        default_steering=[clamp],
+    )
+    with serve_in_thread(srv2) as running:
+        c = openai.OpenAI(base_url=running.base_url, api_key="x", max_retries=0)
+        kw2 = dict(model=NAME, messages=_user(q), max_tokens=n_new, temperature=0)
+        by_default = c.chat.completions.create(**kw2).choices[0].message.content
+        opt_out = c.chat.completions.create(**kw2, extra_body={"saetools": {"clamp": []}})
+    assert by_default == _text(_hf_greedy(q, n_new, [clamp]))
+    assert opt_out.choices[0].message.content == _text(_hf_greedy(q, n_new))

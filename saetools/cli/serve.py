@@ -47,6 +47,22 @@ def register(sub) -> None:
     d.add_argument(
         "--force", action="store_true", help="load direction files made for another model"
     )
+    sg = p.add_argument_group("SAEs (requests clamp their latents with saetools.clamp)")
+    sg.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="an SAE folder (sae-lens format) or release:sae_id to load; repeat for several",
+    )
+    sg.add_argument(
+        "--clamp-latent",
+        action="append",
+        default=None,
+        metavar="ID=VALUE",
+        help="default clamp of the first --sae's latents (repeat, or 123=0,456=5), for requests "
+        "with neither saetools.steer nor saetools.clamp",
+    )
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000)
@@ -80,6 +96,22 @@ def register(sub) -> None:
     )
     p.set_defaults(func=run_serve)
     p._negative_number_matcher = _NEGATIVE_LIST
+
+
+def _sae_specs(specs: list[str]) -> dict[str, str]:
+    """``["PATH", "name=PATH", "release:id"]`` -> ``{name: spec}`` (name: the folder's name)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            name = Path(spec).name if Path(spec).exists() else spec.rsplit(":", 1)[-1]
+        if not name or not path:
+            raise ValueError(f"--sae {spec!r}: expected PATH, NAME=PATH or release:sae_id")
+        if name in out:
+            raise ValueError(f"--sae: the name {name!r} is given twice")
+        out[name] = path
+    return out
 
 
 def _direction_files(specs: list[str]) -> dict[str, Path]:
@@ -119,7 +151,23 @@ def run_serve(args) -> int:
         raise ValueError("--default-max-tokens must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    sae_specs = _sae_specs(args.sae)
+    if args.clamp_latent and not sae_specs:
+        raise SteeringError("--clamp-latent needs an --sae")
+    clamps = None
+    if args.clamp_latent:
+        from ..sae import parse_clamps
+
+        clamps = parse_clamps(args.clamp_latent)
     lm = load_model_from_args(args)
+    saes = {}
+    if sae_specs:
+        from ..sae import LatentClamp, load_sae
+
+        saes = {
+            name: load_sae(spec, model=lm.model, device=lm.device)
+            for name, spec in sae_specs.items()
+        }
     directions = {
         name: DirectionSet.load(path, model=lm.model, force=args.force)
         for name, path in files.items()
@@ -142,6 +190,11 @@ def run_serve(args) -> int:
             positions=args.positions,
             n_layers=lm.n_layers,
         )
+    if clamps:
+        first = next(iter(saes.values()))
+        default = list(default) + [
+            LatentClamp(first, list(clamps), list(clamps.values()), positions=args.positions)
+        ]
     name = args.served_model_name or lm.model_id
     aliases = tuple(a for a in (args.model, "default") if a != name)
     config = ServeConfig(
@@ -154,12 +207,18 @@ def run_serve(args) -> int:
         api_key=args.api_key or None,
     )
     server = ChatServer(
-        lm.model, lm.tokenizer, config, directions=directions, default_steering=default
+        lm.model,
+        lm.tokenizer,
+        config,
+        directions=directions,
+        saes=saes,
+        default_steering=default,
     )
     desc = ", ".join(f"{iv.op} {iv.site}" for iv in default[:3]) or "none"
     print(
         f"saetools serve: {name} on http://{args.host}:{args.port}/v1 "
-        f"(directions: {', '.join(directions) or 'none'}; default steering: {desc})",
+        f"(directions: {', '.join(directions) or 'none'}; SAEs: {', '.join(saes) or 'none'}; "
+        f"default steering: {desc})",
         flush=True,
     )
     serve(server, args.host, args.port, log_level=args.log_level)
