@@ -1231,8 +1231,12 @@ class ChatServer:
                 for name, sae in self.saes.items()
             },
             "default_steering": [
-                {"site": iv.site, "op": iv.op, "latents": list(iv.latents),
-                 "values": iv.values.tolist()}
+                {
+                    "site": iv.site,
+                    "op": iv.op,
+                    "latents": list(iv.latents),
+                    "values": iv.values.tolist(),
+                }
                 if iv.op == "latent_clamp"
                 else {"site": iv.site, "op": iv.op, "alpha": iv.alpha, "value": iv.value}
                 for iv in self.default_steering
