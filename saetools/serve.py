@@ -664,6 +664,7 @@ class ServeConfig:
     max_stop: int = 4
     api_key: str | None = None
     steer_cache: int = 256
+    max_queue: int = 1024  # rows waiting for the worker; more gives 429 (None: unbounded)
 
 
 @dataclass
@@ -1091,6 +1092,19 @@ class ChatServer:
         return req, ids
 
     # ---------------------------------------------------------------- responses
+    def admit(self, req: _Parsed) -> None:
+        """Refuse a request (429) when its rows would make the worker's queue longer than
+        ``max_queue``: a burst gets a clear retry-later answer instead of unbounded memory."""
+        limit = self.config.max_queue
+        if limit is not None and self.engine.waiting + req.n > limit:
+            raise APIError(
+                429,
+                f"the server is busy: {self.engine.waiting} rows wait for the model (at most "
+                f"{limit}, --max-queue); retry later",
+                type="rate_limit_error",
+                code="queue_full",
+            )
+
     def _submit(self, req: _Parsed, ids: list[int]) -> tuple[_Request, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
@@ -1325,6 +1339,7 @@ class ChatServer:
         async def chat(request: Request):
             check_key(request)
             req, ids = await self.prepare(await request.body())
+            self.admit(req)
             if req.stream:
                 return StreamingResponse(
                     self.stream(req, ids),

@@ -757,3 +757,22 @@ def test_sae_latent_clamp_per_request_and_by_default():
         opt_out = c.chat.completions.create(**kw2, extra_body={"saetools": {"clamp": []}})
     assert by_default == _text(_hf_greedy(q, n_new, [clamp]))
     assert opt_out.choices[0].message.content == _text(_hf_greedy(q, n_new))
+
+
+def test_a_full_queue_gives_429_and_the_server_recovers(server, client, monkeypatch):
+    """With the worker's queue at its bound, a request gets 429 (openai's RateLimitError, also for
+    streaming); once the queue drains, requests are served again."""
+    engine = server.server.engine
+    monkeypatch.setattr(server.server.config, "max_queue", 4)
+    monkeypatch.setattr(type(engine), "waiting", property(lambda self: 4))
+    kw = dict(model=NAME, messages=_user("hi"), max_tokens=2, temperature=0)
+    with pytest.raises(openai.RateLimitError, match="busy"):
+        client.chat.completions.create(**kw)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(**kw, stream=True)
+    r = httpx.post(server.url + "/v1/chat/completions", json=kw, timeout=30)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+    monkeypatch.setattr(type(engine), "waiting", property(lambda self: 3))
+    assert client.chat.completions.create(**kw).choices[0].message.role == "assistant"
+    with pytest.raises(openai.RateLimitError):  # n=2 rows would pass the bound
+        client.chat.completions.create(**kw, n=2)

@@ -90,6 +90,12 @@ def register(sub) -> None:
         help="max_tokens for requests that give none (capped by the context)",
     )
     s.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=1024,
+        help="most rows waiting for the model; a request beyond it gets 429 (0: unbounded)",
+    )
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -144,6 +150,8 @@ def run_serve(args) -> int:
         raise SteeringError("--site needs a --directions file to take the vectors from")
     if args.site and args.op == "clamp" and args.value is None:
         raise SteeringError("--op clamp needs --value")
+    if args.max_queue < 0:
+        raise ValueError("--max-queue must be >= 0 (0: unbounded)")
     for name, val in (("--max-batch", args.max_batch), ("--max-n", args.max_n)):
         if val < 1:
             raise ValueError(f"{name} must be >= 1")
@@ -204,6 +212,7 @@ def run_serve(args) -> int:
         batch_wait_ms=args.batch_wait_ms,
         default_max_tokens=args.default_max_tokens,
         max_n=args.max_n,
+        max_queue=args.max_queue or None,
         api_key=args.api_key or None,
     )
     server = ChatServer(
