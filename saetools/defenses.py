@@ -115,6 +115,10 @@ _SIZE_FIELDS = (
 )
 
 
+# size fields that only some methods use: a call that leaves them unset fits any folder
+_OPTIONAL_FIELDS = ("sae", "latents")
+
+
 class BenchmarkError(ValueError):
     """A benchmark that cannot run as asked (bad method, strength, direction file, folder)."""
 
@@ -603,12 +607,33 @@ def _read_results(path: Path) -> list[dict]:
     return rows
 
 
+def _write_config(out: Path, cfg: BenchmarkConfig) -> None:
+    """``benchmark.json``: this call's config, keeping the optional fields (the SAE of
+    sae-latents) of earlier calls that set them when this one does not."""
+    new = cfg.to_json()
+    path = out / "benchmark.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for k in _OPTIONAL_FIELDS:
+            if new.get(k) is None and old.get(k) is not None:
+                new[k] = old[k]
+    tmp = path.with_name(".benchmark.json.tmp")
+    tmp.write_text(json.dumps(new, indent=2))
+    os.replace(tmp, path)
+
+
 def _check_folder(out: Path, cfg: BenchmarkConfig) -> None:
     bench_json = out / "benchmark.json"
     new = cfg.to_json()
     if bench_json.is_file():
         old = json.loads(bench_json.read_text())
-        diff = [k for k in _SIZE_FIELDS if old.get(k) != new.get(k)]
+        diff = [
+            k
+            for k in _SIZE_FIELDS
+            if old.get(k) != new.get(k)
+            # the SAE of sae-latents: a call without that method may leave it out
+            and not (k in _OPTIONAL_FIELDS and None in (old.get(k), new.get(k)))
+        ]
         if diff:
             detail = "; ".join(f"{k}: folder {old.get(k)!r}, now {new.get(k)!r}" for k in diff[:5])
             raise BenchmarkError(
@@ -675,7 +700,7 @@ def run_benchmark(
     dir_files: dict[str, str] = {}
     if any(r.method in DIRECTION_METHODS for r in runs):
         dir_files = make_directions(cfg, out, factory, say)
-    (out / "benchmark.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    _write_config(out, cfg)
     if todo:
         bad = load_chat_data(cfg.narrow_data, "test")
         good = load_chat_data(cfg.good_data, "test")

@@ -422,3 +422,40 @@ def test_matched_reduction_interpolates_by_hand():
     assert got["steer"][50.0]["in_domain_contrast"] is None  # missing metrics stay missing
     # ablate has no strength axis: no curve to interpolate along
     assert all(v is None for v in got["ablate"].values())
+
+
+def test_sae_latents_in_a_folder_shared_with_other_calls(tmp_path, data):
+    """sae-latents runs with an SAE; a later call without the method fits the same folder (and
+    keeps the SAE in benchmark.json); a call with another SAE is refused."""
+    import sae_lens as sl
+
+    def make_sae(folder, seed):
+        c = sl.StandardSAEConfig(d_in=32, d_sae=16)
+        c.metadata.hook_name = "blocks.1.hook_resid_post"
+        torch.manual_seed(seed)
+        sl.StandardSAE(c).save_model(str(folder))
+        return str(folder)
+
+    sae_a, sae_b = make_sae(tmp_path / "sae-a", 0), make_sae(tmp_path / "sae-b", 1)
+    out = tmp_path / "b5"
+    kw = dict(model_factory=_factory, progress=False, say=None)
+    cfg = _cfg(data, methods=("none", "sae-latents"), tasks=("narrow",), sae=sae_a,
+               latents="1,4", strengths={"sae-latents": (0.5,)})  # fmt: skip
+    res = run_benchmark(cfg, out, **kw)
+    assert res["runs_done"] == 2
+    assert [r["method"] for r in res["rows"]] == ["none", "sae-latents"]
+    run_benchmark(_cfg(data, methods=("none", "kl"), tasks=("narrow",)), out, **kw)
+    assert json.loads((out / "benchmark.json").read_text())["sae"] == sae_a
+    with pytest.raises(BenchmarkError, match="other sizes or data.*sae"):
+        run_benchmark(
+            _cfg(
+                data,
+                methods=("none", "sae-latents"),
+                tasks=("narrow",),
+                sae=sae_b,
+                latents="1,4",
+                strengths={"sae-latents": (0.5,)},
+            ),  # fmt: skip
+            out,
+            **kw,
+        )
