@@ -266,6 +266,11 @@ class Run:
     sites: str = "-"  # "all" or "one"
 
     @property
+    def label(self) -> str:
+        """A short line for progress bars."""
+        return f"{self.task} {self.method} {self.strength:g} seed {self.seed}"
+
+    @property
     def run_id(self) -> str:
         return f"{self.task}__{self.method}__{self.strength:g}__{self._variant}__seed{self.seed}"
 
@@ -518,10 +523,9 @@ def _run_one(
     def evaluate_at(step: int, m) -> None:
         row: dict = {"step": step}
         if narrow:
-            d = (pair_contrast(m, tok, pairs).cpu() - base).double()
-            row["shift"] = float(d.mean())
-            row["shift_se"] = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else None
-            row["shift_per_question"] = [round(float(x), 6) for x in d]
+            d = (pair_contrast(m, tok, pairs).cpu() - base).double().tolist()
+            row["shift"], row["shift_se"] = mean_se(d)
+            row["shift_per_question"] = [round(x, 6) for x in d]
         row["eval_task_loss"] = task_loss(m, batches) if batches else None
         evals.append(row)
 
@@ -736,7 +740,7 @@ def run_benchmark(
         bar = tqdm(total=len(todo), desc="defense runs", unit="run", disable=not progress)
         if jobs == 1:
             for run in todo:
-                bar.set_postfix_str(f"{run.task} {run.method} {run.strength:g} seed {run.seed}")
+                bar.set_postfix_str(run.label)
                 record(_run_one(cfg, run, out, factory, dir_files, common))
                 bar.update()
         else:
@@ -744,13 +748,9 @@ def run_benchmark(
                 cfg, todo, out, model_factory, dir_files, common, jobs, threads_per_job, record, bar
             )
         bar.close()
-    rows = _read_results(results_path)
     wanted = {r.run_id for r in runs}
-    table = summarize([r for r in rows if r["run_id"] in wanted])
-    (out / "table.md").write_text(table_markdown(table, cfg))
-    from .plots import write_html
-
-    write_html(pareto_figure(table), out / "defenses.html", include_plotlyjs=include_plotlyjs)
+    rows = [r for r in _read_results(results_path) if r["run_id"] in wanted]
+    table = _write_outputs(out, rows, cfg, include_plotlyjs)
     return {
         "results": str(results_path),
         "table": str(out / "table.md"),
@@ -784,7 +784,7 @@ def _run_parallel(cfg, todo, out, model_factory, dir_files, common, jobs, thread
                 for fut in done:
                     run = pending.pop(fut)
                     record(fut.result())  # a failed run raises here, naming its error
-                    bar.set_postfix_str(f"{run.task} {run.method} {run.strength:g} seed {run.seed}")
+                    bar.set_postfix_str(run.label)
                     bar.update()
         except BaseException:
             for fut in pending:
@@ -1164,17 +1164,25 @@ def write_report(out: str | os.PathLike, *, include_plotlyjs: bool | str = True)
     """Rewrite ``table.md`` and ``defenses.html`` of a benchmark folder from *every* finished run in
     its ``results.jsonl`` (also runs of earlier calls with other methods or direction variants);
     runs nothing. ``include_plotlyjs="cdn"`` writes a small HTML that loads plotly.js online."""
-    from .plots import write_html
-
     out = Path(out)
     cfg = load_config(out)
     rows = _read_results(out / "results.jsonl")
     if not any(r.get("final") for r in rows):
         raise BenchmarkError(f"{out / 'results.jsonl'} holds no finished run")
+    table = _write_outputs(out, rows, cfg, include_plotlyjs)
+    return {"table": str(out / "table.md"), "html": str(out / "defenses.html"), "rows": table}
+
+
+def _write_outputs(
+    out: Path, rows: Sequence[dict], cfg: BenchmarkConfig, include_plotlyjs: bool | str
+) -> list[dict]:
+    """Summarize ``rows`` into ``table.md`` and the Pareto figure ``defenses.html``."""
+    from .plots import write_html
+
     table = summarize(rows)
     (out / "table.md").write_text(table_markdown(table, cfg))
     write_html(pareto_figure(table), out / "defenses.html", include_plotlyjs=include_plotlyjs)
-    return {"table": str(out / "table.md"), "html": str(out / "defenses.html"), "rows": table}
+    return table
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,12 @@ def _sae_lens():
 
 
 def random_sae(
-    arch: str = "standard", d_sae: int = 64, site: str | None = SITE, seed: int = 0, **kw
+    arch: str = "standard",
+    d_sae: int = 64,
+    site: str | None = SITE,
+    seed: int = 0,
+    d_in: int = D,
+    **kw,
 ):
     """A sae-lens inference SAE with random weights (encoder tied to the decoder so latents mean
     something) and a negative encoder bias so that only some latents fire."""
@@ -61,17 +66,17 @@ def random_sae(
         "topk": (sl.TopKSAE, sl.TopKSAEConfig),
         "jumprelu": (sl.JumpReLUSAE, sl.JumpReLUSAEConfig),
     }[arch]
-    cfg = cfg_cls(d_in=D, d_sae=d_sae, **kw)
+    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **kw)
     if site is not None:
         cfg.metadata.hook_name = site
     torch.manual_seed(seed)
     sae = cls(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        W = torch.randn(d_sae, D, generator=g)
+        W = torch.randn(d_sae, d_in, generator=g)
         sae.W_dec.copy_(W / W.norm(dim=-1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T * 0.5)
-        sae.b_dec.copy_(torch.randn(D, generator=g) * 0.05)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.05)
         if hasattr(sae, "b_enc"):
             sae.b_enc.copy_(-0.2 * torch.ones(d_sae))
         if hasattr(sae, "threshold"):

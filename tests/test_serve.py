@@ -599,6 +599,8 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
 def test_embedded_model_end_to_end():
     """The embedded SmolLM2: an answer equal to ``saetools.steer.generate``, streaming, and a steered
     request whose logprobs equal the Python API's."""
+    from test_sae import random_sae
+
     from saetools.models import load_model
     from saetools.sae import LatentClamp, load_sae
     from saetools.steer import generate
@@ -608,7 +610,7 @@ def test_embedded_model_end_to_end():
     v = _vec(3, lm.d_model)
     ds = DirectionSet({site: v}, {})
     # an SAE of the embedded model's width at block 9 (random weights: the protocol, not science)
-    sae = load_sae(_random_sae(lm.d_model, site), model=lm.model)
+    sae = load_sae(random_sae(d_sae=64, site=site, d_in=lm.d_model), model=lm.model)
     srv = ChatServer(
         lm.model,
         lm.tokenizer,
@@ -661,20 +663,6 @@ def test_embedded_model_end_to_end():
     top = [t.logprob for t in clamped.choices[0].logprobs.content[0].top_logprobs]
     assert top == pytest.approx(ref_clamp.topk(5).values.tolist(), abs=1e-3)
     assert (ref_clamp - base).abs().max() > 0.05  # the clamp moved the distribution
-
-
-def _random_sae(d: int, site: str):
-    import sae_lens
-
-    cfg = sae_lens.StandardSAEConfig(d_in=d, d_sae=64)
-    cfg.metadata.hook_name = site
-    torch.manual_seed(0)
-    sae = sae_lens.StandardSAE(cfg)
-    with torch.no_grad():
-        w = torch.randn(64, d, generator=torch.Generator().manual_seed(1))
-        sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T)
-    return sae
 
 
 # ---------------------------------------------------------------------------- SAE latent clamps

@@ -104,32 +104,36 @@ def register(sub) -> None:
     p._negative_number_matcher = _NEGATIVE_LIST
 
 
-def _sae_specs(specs: list[str]) -> dict[str, str]:
-    """``["PATH", "name=PATH", "release:id"]`` -> ``{name: spec}`` (name: the folder's name)."""
+def _named(specs: list[str], flag: str, default_name, expected: str) -> dict[str, str]:
+    """``["X", "NAME=X"]`` -> ``{name: X}``; ``default_name(X)`` names the bare ones."""
     out: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
-            path = spec
-            name = Path(spec).name if Path(spec).exists() else spec.rsplit(":", 1)[-1]
+            path, name = spec, default_name(spec)
         if not name or not path:
-            raise ValueError(f"--sae {spec!r}: expected PATH, NAME=PATH or release:sae_id")
+            raise ValueError(f"{flag} {spec!r}: expected {expected}")
         if name in out:
-            raise ValueError(f"--sae: the name {name!r} is given twice")
+            raise ValueError(f"{flag}: the name {name!r} is given twice")
         out[name] = path
     return out
 
 
+def _sae_specs(specs: list[str]) -> dict[str, str]:
+    """``["PATH", "name=PATH", "release:id"]`` -> ``{name: spec}`` (name: the folder's name)."""
+    return _named(
+        specs,
+        "--sae",
+        lambda s: Path(s).name if Path(s).exists() else s.rsplit(":", 1)[-1],
+        "PATH, NAME=PATH or release:sae_id",
+    )
+
+
 def _direction_files(specs: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            path, name = spec, Path(spec).stem
-        if not name or not path:
-            raise ValueError(f"--directions {spec!r}: expected FILE or NAME=FILE")
-        if name in out:
-            raise ValueError(f"--directions: the name {name!r} is given twice")
+    for name, path in _named(
+        specs, "--directions", lambda s: Path(s).stem, "FILE or NAME=FILE"
+    ).items():
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"direction file {p} does not exist")
