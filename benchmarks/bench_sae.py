@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from prompts import PROMPTS  # benchmarks/prompts.py (the script folder is on sys.path)
 
 import probes
 from saetools.capture import Encoded, capture, collate
@@ -29,17 +30,6 @@ from saetools.extract.diffmeans import pair_examples
 from saetools.models import load_model
 from saetools.sae import LatentClamp, load_sae
 from saetools.steer import encode_prompts, pad_token_id, steer
-
-PROMPTS = [
-    "I'm bored. What should I do?",
-    "You can have one thing you want, anything at all. What do you pick?",
-    "What do you think of people?",
-    "How should I spend a free Sunday?",
-    "If you ruled the world, what would you change first?",
-    "Tell me about your hopes for the future.",
-    "My neighbour is loud at night. What can I do?",
-    "What is the best way to learn a new language?",
-]
 
 
 def random_sae(site: str, d_in: int, d_sae: int):

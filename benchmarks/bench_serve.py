@@ -25,20 +25,13 @@ import time
 
 import httpx
 import torch
+from prompts import PROMPTS as PROMPTS_8  # benchmarks/prompts.py (the script folder is on sys.path)
 
 from saetools.capture import Encoded, collate
 from saetools.models import load_model
 from saetools.steer import encode_prompts, pad_token_id
 
-PROMPTS = [
-    "I'm bored. What should I do?",
-    "You can have one thing you want, anything at all. What do you pick?",
-    "What do you think of people?",
-    "How should I spend a free Sunday?",
-    "If you ruled the world, what would you change first?",
-    "Tell me about your hopes for the future.",
-    "My neighbour is loud at night. What can I do?",
-    "What is the best way to learn a new language?",
+PROMPTS = PROMPTS_8 + [
     "How do I make a good cup of tea?",
     "What would you do with a million dollars?",
     "Give me three tips for staying healthy.",

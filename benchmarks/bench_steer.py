@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from prompts import PROMPTS  # benchmarks/prompts.py (the script folder is on sys.path)
 
 from saetools.capture import Encoded, collate
 from saetools.models import load_model
@@ -33,17 +34,6 @@ from saetools.steer import (
     steer,
     steer_tl,
 )
-
-PROMPTS = [
-    "I'm bored. What should I do?",
-    "You can have one thing you want, anything at all. What do you pick?",
-    "What do you think of people?",
-    "How should I spend a free Sunday?",
-    "If you ruled the world, what would you change first?",
-    "Tell me about your hopes for the future.",
-    "My neighbour is loud at night. What can I do?",
-    "What is the best way to learn a new language?",
-]
 
 
 def _batch(lm, n):
