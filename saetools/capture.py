@@ -200,6 +200,32 @@ def run_until(model: nn.Module, sites: Sequence[Site], **inputs) -> dict[Site, t
     return store
 
 
+def site_batches(
+    model: nn.Module,
+    tokenizer,
+    encoded: Sequence[Encoded],
+    order: Sequence[int],
+    batch_size: int,
+    site: Site,
+) -> Iterator[tuple[list[int], Batch, torch.Tensor]]:
+    """Walk ``encoded`` in ``order``, ``batch_size`` examples at a time (right padded, on the
+    model's device), yielding ``(indices, batch, activation at site [b, t, d])``. Each forward pass
+    stops after ``site``. Stop iterating early to skip the remaining batches."""
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    for start in range(0, len(order), batch_size):
+        idx = list(order[start : start + batch_size])
+        batch = collate([encoded[i] for i in idx], pad, "right", device)
+        h = run_until(
+            model,
+            [site],
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        )[site]
+        yield idx, batch, h
+
+
 def reduce_batch(h: torch.Tensor, batch: Batch, aggregate: str) -> torch.Tensor:
     """Reduce one site's activations ``[b, t, d]`` to per-example vectors ``[b, d]``
     (or, for ``all``, to the flat list of real tokens ``[n_tokens, d]``)."""

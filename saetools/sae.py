@@ -665,11 +665,13 @@ def collect_activations(
     Examples are taken in a seeded random order (sorted by length within windows of 8 batches to cut
     padding), the forward stops after the site, and capture ends once ``max_tokens`` are kept.
     """
-    from .capture import collate, encode_all, run_until
+    from .capture import encode_all, site_batches
 
     site = parse_site(str(site), n_layers(model)) if not isinstance(site, Site) else site
     if not examples:
         raise SAEError("the text source has no examples")
+    if max_tokens is not None and max_tokens < 1:
+        raise SAEError(f"max_tokens must be at least 1 (or None for all), not {max_tokens}")
     encoded = encode_all(tokenizer, list(examples))
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(encoded), generator=g).tolist()
@@ -679,12 +681,6 @@ def collect_activations(
         for s in range(0, len(order), window)
         for i in sorted(order[s : s + window], key=lambda i: len(encoded[i].input_ids))
     ]
-    pad = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-    device = next(model.parameters()).device
     seen: set[int] = set()
     kept: list[torch.Tensor] = []
     n_kept = n_seen = used = 0
@@ -696,18 +692,7 @@ def collect_activations(
         leave=False,
     )
     try:
-        for start in range(0, len(order), batch_size):
-            if max_tokens is not None and n_kept >= max_tokens:
-                break
-            idx = order[start : start + batch_size]
-            batch = collate([encoded[i] for i in idx], pad, "right", device)
-            h = run_until(
-                model,
-                [site],
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            )[site]
+        for idx, batch, h in site_batches(model, tokenizer, encoded, order, batch_size, site):
             keep = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
             for row, pos in enumerate(
                 distinct_positions(
@@ -725,6 +710,8 @@ def collect_activations(
             n_kept += len(rows)
             used += len(idx)
             bar.update(len(rows))
+            if max_tokens is not None and n_kept >= max_tokens:
+                break
     finally:
         bar.close()
     acts = torch.cat(kept) if kept else torch.zeros(0, d_model(model))

@@ -410,6 +410,25 @@ def test_collect_activations_keeps_each_distinct_token_once(model, tok):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_collect_activations_stops_at_max_tokens(model, tok):
+    """A token budget keeps a prefix of the unbounded capture and stops running batches."""
+    from saetools.capture import ChatExample
+    from saetools.sae import SAEError, collect_activations
+
+    exs = [ChatExample.from_question(f"question {i}?", f"answer number {i}.") for i in range(6)]
+    full = collect_activations(model, tok, exs, SITE, batch_size=1, seed=3, progress=False)
+    assert full.exhausted and full.examples_used == 6
+    budget = len(full.acts) // 3
+    part = collect_activations(
+        model, tok, exs, SITE, batch_size=1, seed=3, max_tokens=budget, progress=False
+    )
+    assert part.acts.shape == (budget, full.acts.shape[1])
+    torch.testing.assert_close(part.acts, full.acts[:budget])
+    assert part.examples_used < 6 and not part.exhausted
+    with pytest.raises(SAEError, match="max_tokens"):
+        collect_activations(model, tok, exs, SITE, max_tokens=0, progress=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Latent clamping
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import ChatExample, collate, encode_all, run_until
+from ..capture import ChatExample, encode_all, site_batches
 from ..directions import DirectionSet
 from ..sae import LoadedSAE, SAEError, load_sae
 from ..sites import parse_site
@@ -129,12 +129,6 @@ def latent_activations(
         raise SAEError(
             "every example needs an answer to encode its answer tokens; use tokens='all'"
         )
-    pad = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-    device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     results: dict[int, tuple] = {}
     bar = tqdm(
@@ -145,16 +139,7 @@ def latent_activations(
         leave=False,
     )
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([encoded[i] for i in idx], pad, "right", device)
-            h = run_until(
-                model,
-                [site],
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            )[site]
+        for idx, batch, h in site_batches(model, tokenizer, encoded, order, batch_size, site):
             mask = batch.response_mask if tokens == "response" else batch.attention_mask.bool()
             rows = h[mask]
             z = sae.encode(rows).float().cpu()
