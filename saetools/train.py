@@ -306,7 +306,38 @@ class RegularizedTrainerMixin:
                 continue
             self._term_sums[k] = self._term_sums.get(k, 0.0) + v
         self._term_count += 1
+        self._trl_metrics(inputs, out.logits)
         return (loss, {"logits": out.logits}) if return_outputs else loss
+
+    def _trl_metrics(self, inputs, logits: torch.Tensor) -> None:
+        """The metrics TRL's own ``compute_loss`` records (``entropy``, ``mean_token_accuracy``,
+        ``num_tokens``), computed from θ's logits, when the trainer keeps TRL's ``_metrics``."""
+        metrics = getattr(self, "_metrics", None)
+        labels = inputs.get("labels")
+        if not isinstance(metrics, dict) or labels is None:
+            return
+        mode = "train" if self.model.training else "eval"
+        if mode not in metrics:
+            return
+        gather = self.accelerator.gather_for_metrics
+        with torch.no_grad():
+            target = labels[:, 1:]
+            mask = target != IGNORE_INDEX
+            rows = logits[:, :-1][mask].float()
+            logp = torch.log_softmax(rows, dim=-1)
+            entropy_sum = gather(-(logp.exp() * logp).sum()).sum()
+            correct = gather((rows.argmax(-1) == target[mask]).sum()).sum()
+            n_valid = gather(mask.sum()).sum()
+        valid = int(n_valid) > 0
+        metrics[mode]["entropy"].append(float(entropy_sum / n_valid) if valid else 0.0)
+        metrics[mode]["mean_token_accuracy"].append(float(correct / n_valid) if valid else 0.0)
+        if mode == "train" and hasattr(self, "_total_train_tokens"):
+            if "attention_mask" in inputs:
+                n_tok = int(gather(inputs["attention_mask"].sum()).sum())
+            else:
+                n_tok = int(gather(torch.tensor(inputs["input_ids"].size(1))).sum())
+            self._total_train_tokens += n_tok // getattr(self, "_tp_size", 1)
+            metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     def log(self, logs, *args, **kwargs):
         if self._term_count and "loss" in logs:

@@ -66,3 +66,6 @@ def test_recipe_runs_as_written(name, workdir, monkeypatch):
         assert len(hist) == 2, hist
         assert all(math.isfinite(v) for h in hist for v in h.values() if isinstance(v, float))
         assert hist[-1]["reg/directional_kl"] > 0  # θ has moved away from θ0 after step 1
+        if name == "trl-sft":  # TRL's own metrics, recorded by the mixin on the embedded model
+            assert all(0 < h["entropy"] < 11 and 0 <= h["mean_token_accuracy"] <= 1 for h in hist)
+            assert hist[-1]["num_tokens"] > hist[0]["num_tokens"] > 0

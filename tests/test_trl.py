@@ -205,3 +205,29 @@ def test_sft_default_config_bf16_and_checkpointing(tmp_path):
     num = sum(float((a[n] - b[n]).norm() ** 2) for n in a) ** 0.5
     den = sum(float(b[n].norm() ** 2) for n in b) ** 0.5
     assert den > 0 and num / den < 0.05, num / den
+
+
+def test_sft_metrics_equal_trls_own(tmp_path):
+    """TRL logs entropy, mean_token_accuracy and num_tokens from its own compute_loss, which the
+    mixin replaces: the mixin records them too, and with no terms they equal plain SFTTrainer's."""
+    logs = {}
+    for name, cls, extra in [
+        ("trl", SFTTrainer, {}),
+        ("mixin", RegularizedSFTTrainer, {"regularizer_terms": []}),
+    ]:
+        cfg = SFTConfig(**_common(tmp_path, name), max_length=64, bf16=False)
+        tr = cls(
+            model=_model(),
+            args=cfg,
+            train_dataset=_dataset(),
+            processing_class=make_tiny_tokenizer(),
+            **extra,
+        )
+        tr.train()
+        logs[name] = [h for h in tr.state.log_history if "loss" in h and "entropy" in h]
+    assert len(logs["trl"]) == len(logs["mixin"]) == 3
+    for ref, got in zip(logs["trl"], logs["mixin"], strict=True):
+        assert got["num_tokens"] == ref["num_tokens"] > 0
+        assert got["entropy"] == pytest.approx(ref["entropy"], rel=1e-4)
+        assert got["mean_token_accuracy"] == pytest.approx(ref["mean_token_accuracy"], abs=1e-6)
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4)
