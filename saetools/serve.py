@@ -1,4 +1,6 @@
-"""An OpenAI-compatible HTTP server for a (steered) model: ``/v1/chat/completions`` and ``/v1/models``.
+"""An OpenAI-compatible HTTP server for a (steered) model: ``/v1/chat/completions``, the legacy
+``/v1/completions`` (raw prompts or token ids; ``echo`` with ``logprobs`` scores the prompt, as
+lm-evaluation-harness's loglikelihood tasks ask) and ``/v1/models``.
 
 Three pieces, usable alone:
 
@@ -137,7 +139,12 @@ def _bad(message: str, param: str | None = None, code: str | None = None) -> API
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one row is decoded. ``temperature=0`` is greedy; ``seed`` makes sampling reproducible."""
+    """How one row is decoded. ``temperature=0`` is greedy; ``seed`` makes sampling reproducible.
+
+    ``max_tokens=0`` scores the prompt only. ``prompt_logprobs=k`` (not None) reports every prompt
+    token's log-probability given the tokens before it, with the ``k`` most likely alternatives
+    (the first token has none). ``eos_logprob`` also reports the end-of-sequence token that ends a
+    choice (``/v1/completions`` does, ``/v1/chat/completions`` does not)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -146,6 +153,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     seed: int | None = None
+    prompt_logprobs: int | None = None
+    eos_logprob: bool = False
 
 
 class _Request:
@@ -196,7 +205,8 @@ class Engine:
     """Runs ``model`` in one worker thread and batches the rows it is given (see the module docstring).
 
     ``submit`` may be called from any thread; events go to each request's ``sink`` (called from the
-    worker thread): ``("delta", index, text, logprob_entries)``, ``("finish", index, reason,
+    worker thread): ``("prompt", index, logprob_entries)`` (first, only with
+    ``prompt_logprobs``), ``("delta", index, text, logprob_entries)``, ``("finish", index, reason,
     completion_tokens)`` and ``("error", index, APIError)``.
     """
 
@@ -361,18 +371,45 @@ class Engine:
         ids, attn = ids.to(dev), attn.to(dev)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         self.stats["rows"] += b
+        scored = any(r.params.prompt_logprobs is not None for r in rows)
         out = self._forward(
             _SteerPlan(rows, dev),
             "prompt",
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
-            logits_to_keep=1,
+            logits_to_keep=0 if scored else 1,  # 0: every position's logits
         )
         cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         batch = _Batch(rows, cache, attn, pos[:, -1] + 1, None)
+        for i, r in enumerate(rows):
+            if r.params.prompt_logprobs is not None and not r.request.cancelled:
+                r.request.emit(("prompt", r.index, self._prompt_entries(r, out.logits[i])))
+            if r.params.max_tokens == 0 and not r.done:  # scoring only
+                r.done = True
+                r.request.emit(("finish", r.index, "length", 0))
         batch.tokens = self._step(rows, out.logits[:, -1, :].float())
         return batch
+
+    def _prompt_entries(self, r: _Row, logits: torch.Tensor) -> list[dict]:
+        """Logprob entries of ``r``'s prompt tokens from its prefill ``logits [width, V]`` (left
+        padded: the prompt is the last ``p`` columns; column ``j`` predicts token ``j + 1``)."""
+        p, k = len(r.prompt_ids), r.params.prompt_logprobs or 0
+        first = r.prompt_ids[0]
+        entries = [dict(self._entry(first, 0.0, []), logprob=None, top_logprobs=[])]
+        if p == 1:
+            return entries
+        rows = logits[-p:-1, : self.vocab].float()
+        logp = torch.log_softmax(rows, dim=-1)
+        target = torch.tensor(r.prompt_ids[1:], device=logp.device)
+        chosen = logp.gather(1, target[:, None])[:, 0].tolist()
+        if k:
+            vals, idx = logp.topk(k, dim=-1)
+            vals, idx = vals.tolist(), idx.tolist()
+        for j, t in enumerate(r.prompt_ids[1:]):
+            top = list(zip(idx[j], vals[j], strict=True)) if k else []
+            entries.append(self._entry(t, chosen[j], top))
+        return entries
 
     def _run(self, rows: list[_Row]) -> None:
         """Decode ``rows`` to the end. Between steps, finished rows leave the batch and, when the
@@ -486,6 +523,8 @@ class Engine:
             ):
                 entries.append(r.entries[r.committed])
                 r.committed += 1
+            if t in self.eos and p.eos_logprob and stop_at is None and entry is not None:
+                entries.append(entry)
         r.emitted = boundary
         if delta or entries:
             r.request.emit(("delta", r.index, delta, entries))
@@ -679,6 +718,18 @@ class _Parsed:
     interventions: tuple[Intervention, ...]
 
 
+@dataclass
+class _ParsedCompletion:
+    prompts: list  # each a string or a list of token ids
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+    steer_key: str
+    interventions: tuple[Intervention, ...]
+    echo: bool
+
+
 def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -730,7 +781,7 @@ class ChatServer:
         self.created = int(time.time())
 
     # ---------------------------------------------------------------- validation
-    def parse(self, body: dict) -> _Parsed:
+    def _check_model(self, body: dict) -> None:
         cfg = self.config
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -742,7 +793,10 @@ class ChatServer:
                 param="model",
                 code="model_not_found",
             )
-        messages = self._messages(body.get("messages"))
+
+    def _options(self, body: dict, *, min_tokens: int) -> dict:
+        """The sampling and streaming fields both endpoints share, validated."""
+        cfg = self.config
 
         def number(name, default, lo, hi, *, lo_open=False):
             v = body.get(name)
@@ -765,8 +819,8 @@ class ChatServer:
             v = body.get(name)
             if v is None:
                 continue
-            if not _is_int(v) or v < 1:
-                raise _bad(f"{name} must be an integer >= 1, got {v!r}", name)
+            if not _is_int(v) or v < min_tokens:
+                raise _bad(f"{name} must be an integer >= {min_tokens}, got {v!r}", name)
             max_tokens = v
         stop = body.get("stop")
         if stop is None:
@@ -779,18 +833,6 @@ class ChatServer:
             raise _bad("stop must be a string or a list of strings", "stop")
         if len(stop) > cfg.max_stop or any(not s for s in stop):
             raise _bad(f"stop takes at most {cfg.max_stop} non-empty strings", "stop")
-        logprobs = body.get("logprobs") or False
-        if not isinstance(logprobs, bool):
-            raise _bad("logprobs must be a boolean", "logprobs")
-        top = body.get("top_logprobs")
-        if top is None:
-            top = 0
-        elif not _is_int(top) or not 0 <= top <= cfg.max_top_logprobs:
-            raise _bad(
-                f"top_logprobs must be an integer from 0 to {cfg.max_top_logprobs}", "top_logprobs"
-            )
-        elif top and not logprobs:
-            raise _bad("top_logprobs needs logprobs set to true", "top_logprobs")
         seed = body.get("seed")
         if seed is not None and not _is_int(seed):
             raise _bad("seed must be an integer", "seed")
@@ -808,6 +850,35 @@ class ChatServer:
         for name, allowed in IGNORED_IF_DEFAULT.items():
             if name in body and not any(body[name] == a for a in allowed):
                 raise _bad(f"{name} is not supported by this server", name, "unsupported_parameter")
+        return dict(
+            temperature=temperature,
+            top_p=top_p,
+            n=n,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+            stream=stream,
+            include_usage=include_usage,
+        )
+
+    def parse(self, body: dict) -> _Parsed:
+        """Validate a ``/v1/chat/completions`` body."""
+        cfg = self.config
+        self._check_model(body)
+        messages = self._messages(body.get("messages"))
+        o = self._options(body, min_tokens=1)
+        logprobs = body.get("logprobs") or False
+        if not isinstance(logprobs, bool):
+            raise _bad("logprobs must be a boolean", "logprobs")
+        top = body.get("top_logprobs")
+        if top is None:
+            top = 0
+        elif not _is_int(top) or not 0 <= top <= cfg.max_top_logprobs:
+            raise _bad(
+                f"top_logprobs must be an integer from 0 to {cfg.max_top_logprobs}", "top_logprobs"
+            )
+        elif top and not logprobs:
+            raise _bad("top_logprobs needs logprobs set to true", "top_logprobs")
         rf = body.get("response_format")
         if rf is not None and rf != {"type": "text"}:
             raise _bad("only response_format {'type': 'text'} is supported", "response_format")
@@ -815,21 +886,93 @@ class ChatServer:
         return _Parsed(
             messages=messages,
             params=SamplingParams(
-                max_tokens=max_tokens or 1,
-                temperature=temperature,
-                top_p=top_p,
-                stop=stop,
+                max_tokens=o["max_tokens"] or 1,
+                temperature=o["temperature"],
+                top_p=o["top_p"],
+                stop=o["stop"],
                 logprobs=logprobs,
                 top_logprobs=top,
-                seed=seed,
+                seed=o["seed"],
             ),
-            max_tokens_given=max_tokens is not None,
-            n=n,
-            stream=stream,
-            include_usage=include_usage,
+            max_tokens_given=o["max_tokens"] is not None,
+            n=o["n"],
+            stream=o["stream"],
+            include_usage=o["include_usage"],
             steer_key=key,
             interventions=ivs,
         )
+
+    def parse_completion(self, body: dict) -> _ParsedCompletion:
+        """Validate a legacy ``/v1/completions`` body (prompt: a string, a list of strings, a list
+        of token ids or a list of such lists)."""
+        cfg = self.config
+        self._check_model(body)
+        prompts = self._prompts(body.get("prompt"))
+        o = self._options(body, min_tokens=0)
+        echo = body.get("echo") or False
+        if not isinstance(echo, bool):
+            raise _bad("echo must be a boolean", "echo")
+        logprobs = body.get("logprobs")
+        if logprobs is not None and (
+            not _is_int(logprobs) or not 0 <= logprobs <= cfg.max_top_logprobs
+        ):
+            raise _bad(f"logprobs must be an integer from 0 to {cfg.max_top_logprobs}", "logprobs")
+        best_of = body.get("best_of")
+        if best_of is not None and best_of != o["n"]:
+            raise _bad("best_of is not supported (leave it unset or equal to n)", "best_of")
+        if body.get("suffix"):
+            raise _bad("suffix is not supported by this server", "suffix", "unsupported_parameter")
+        if o["max_tokens"] == 0 and o["stream"] and not echo:
+            raise _bad("max_tokens 0 without echo streams nothing", "max_tokens")
+        key, ivs = self._steering(body.get("saetools"))
+        given = o["max_tokens"] is not None
+        return _ParsedCompletion(
+            prompts=prompts,
+            params=SamplingParams(
+                max_tokens=o["max_tokens"] if given else 16,  # OpenAI's default for completions
+                temperature=o["temperature"],
+                top_p=o["top_p"],
+                stop=o["stop"],
+                logprobs=logprobs is not None,
+                top_logprobs=logprobs or 0,
+                seed=o["seed"],
+                prompt_logprobs=logprobs if echo and logprobs is not None else None,
+                eos_logprob=True,
+            ),
+            n=o["n"],
+            stream=o["stream"],
+            include_usage=o["include_usage"],
+            steer_key=key,
+            interventions=ivs,
+            echo=echo,
+        )
+
+    def _prompts(self, prompt) -> list[str | list[int]]:
+        vocab = self.engine.vocab
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt:
+            raise _bad(
+                "prompt must be a string, a list of strings, a list of token ids or a list of "
+                "such lists",
+                "prompt",
+            )
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                continue
+            if not isinstance(p, list) or not p or not all(_is_int(t) for t in p):
+                raise _bad(
+                    f"prompt[{i}] must be a string or a non-empty list of token ids", "prompt"
+                )
+            bad = [t for t in p if not 0 <= t < vocab]
+            if bad:
+                raise _bad(
+                    f"prompt[{i}] has token ids outside the vocabulary [0, {vocab}): {bad[:5]}",
+                    "prompt",
+                )
+        return prompt
 
     @staticmethod
     def _messages(messages) -> list[dict]:
@@ -1052,8 +1195,8 @@ class ChatServer:
 
         return list(encode_chat(self._tokenizer, ChatExample(messages=tuple(messages))).input_ids)
 
-    async def prepare(self, raw: bytes) -> tuple[_Parsed, list[int]]:
-        """Parse and validate a request body and tokenize its prompt (off the event loop)."""
+    @staticmethod
+    def _body(raw: bytes) -> dict:
         try:
             body = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as e:
@@ -1063,7 +1206,11 @@ class ChatServer:
             ) from None
         if not isinstance(body, dict):
             raise _bad("the request body must be a JSON object", code="invalid_json")
-        req = self.parse(body)
+        return body
+
+    async def prepare(self, raw: bytes) -> tuple[_Parsed, list[int]]:
+        """Parse and validate a request body and tokenize its prompt (off the event loop)."""
+        req = self.parse(self._body(raw))
         loop = asyncio.get_running_loop()
         try:
             ids = await loop.run_in_executor(self._tok_pool, self._encode, req.messages)
@@ -1091,12 +1238,49 @@ class ChatServer:
             req.params = dataclasses.replace(req.params, max_tokens=mt)
         return req, ids
 
+    def _encode_prompts(self, prompts: list) -> tuple[list[list[int]], list[str]]:
+        ids, texts = [], []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                got = list(self._tokenizer(p, add_special_tokens=True)["input_ids"])
+                if not got:
+                    raise _bad(f"prompt[{i}] is empty: it needs at least one token", "prompt")
+                ids.append(got)
+                texts.append(p)
+            else:
+                ids.append(list(p))
+                texts.append(self._tokenizer.decode(p))
+        return ids, texts
+
+    async def prepare_completion(
+        self, raw: bytes
+    ) -> tuple[_ParsedCompletion, list[list[int]], list[str]]:
+        """Parse and validate a ``/v1/completions`` body and tokenize its prompts (off the event
+        loop); returns the request, each prompt's token ids and each prompt's text."""
+        req = self.parse_completion(self._body(raw))
+        loop = asyncio.get_running_loop()
+        ids, texts = await loop.run_in_executor(self._tok_pool, self._encode_prompts, req.prompts)
+        limit = self.engine.context_length
+        if limit is not None:
+            for i, p in enumerate(ids):
+                if limit - len(p) < req.params.max_tokens:
+                    raise _bad(
+                        f"This model's maximum context length is {limit} tokens. However, you "
+                        f"requested {len(p) + req.params.max_tokens} tokens ({len(p)} in prompt[{i}], "
+                        f"{req.params.max_tokens} in the completion). Please reduce the length of "
+                        "the prompt or completion.",
+                        "prompt",
+                        "context_length_exceeded",
+                    )
+        return req, ids, texts
+
     # ---------------------------------------------------------------- responses
-    def admit(self, req: _Parsed) -> None:
+    def admit(self, req: _Parsed | _ParsedCompletion) -> None:
         """Refuse a request (429) when its rows would make the worker's queue longer than
         ``max_queue``: a burst gets a clear retry-later answer instead of unbounded memory."""
         limit = self.config.max_queue
-        if limit is not None and self.engine.waiting + req.n > limit:
+        rows = req.n * len(getattr(req, "prompts", [None]))
+        if limit is not None and self.engine.waiting + rows > limit:
             raise APIError(
                 429,
                 f"the server is busy: {self.engine.waiting} rows wait for the model (at most "
@@ -1122,11 +1306,131 @@ class ChatServer:
         )
         return handle, q
 
+    def _submit_prompts(
+        self, req: _ParsedCompletion, ids: list[list[int]]
+    ) -> tuple[list[_Request], asyncio.Queue]:
+        """Queue ``n`` rows per prompt; events arrive with choice index ``prompt * n + j``."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        handles = []
+        for k, prompt_ids in enumerate(ids):
+
+            def sink(ev, _loop=loop, _q=q, _off=k * req.n):
+                _loop.call_soon_threadsafe(_q.put_nowait, (ev[0], _off + ev[1], *ev[2:]))
+
+            handles.append(
+                self.engine.submit(
+                    prompt_ids,
+                    req.params,
+                    n=req.n,
+                    interventions=req.interventions,
+                    steer_key=req.steer_key,
+                    sink=sink,
+                )
+            )
+        return handles, q
+
+    async def complete_text(
+        self, req: _ParsedCompletion, ids: list[list[int]], texts: list[str]
+    ) -> dict:
+        """The ``/v1/completions`` response (``text_completion``) for a parsed request."""
+        handles, q = self._submit_prompts(req, ids)
+        total = req.n * len(ids)
+        deltas: list[list[str]] = [[] for _ in range(total)]
+        gen: list[list[dict]] = [[] for _ in range(total)]
+        prompt_lp: list[list[dict]] = [[] for _ in range(total)]
+        reasons: list[str | None] = [None] * total
+        completion, left = 0, total
+        try:
+            while left:
+                ev = await q.get()
+                if ev[0] == "prompt":
+                    prompt_lp[ev[1]] = ev[2]
+                elif ev[0] == "delta":
+                    deltas[ev[1]].append(ev[2])
+                    gen[ev[1]].extend(ev[3])
+                elif ev[0] == "finish":
+                    reasons[ev[1]] = ev[2]
+                    completion += ev[3]
+                    left -= 1
+                else:
+                    raise ev[2]
+        finally:
+            for h in handles:
+                h.cancelled = True
+        choices = []
+        for c in range(total):
+            head = texts[c // req.n] if req.echo else ""
+            lp = None
+            if req.params.logprobs:
+                lp, _ = _legacy_logprobs(prompt_lp[c], 0)
+                more, _ = _legacy_logprobs(gen[c], len(head))
+                lp = {k: lp[k] + more[k] for k in lp}
+            choices.append(
+                {
+                    "text": head + "".join(deltas[c]),
+                    "index": c,
+                    "logprobs": lp,
+                    "finish_reason": reasons[c],
+                }
+            )
+        out = self._base("text_completion")
+        out["choices"] = choices
+        out["usage"] = _usage(sum(len(p) for p in ids), completion)
+        return out
+
+    async def stream_text(self, req: _ParsedCompletion, ids: list[list[int]], texts: list[str]):
+        """The ``/v1/completions`` server-sent events for a parsed streaming request."""
+        handles, q = self._submit_prompts(req, ids)
+        base = self._base("text_completion")
+        total = req.n * len(ids)
+        offset = [0] * total
+
+        def chunk(c, text, entries=None, finish=None):
+            lp = None
+            if req.params.logprobs:
+                lp, offset[c] = _legacy_logprobs(entries or [], offset[c])
+            choice = {"text": text, "index": c, "logprobs": lp, "finish_reason": finish}
+            d = dict(base, choices=[choice])
+            if req.include_usage:
+                d["usage"] = None
+            return f"data: {json.dumps(d)}\n\n"
+
+        completion, left = 0, total
+        try:
+            if req.echo and req.params.prompt_logprobs is None:
+                for c in range(total):
+                    offset[c] = len(texts[c // req.n])
+                    yield chunk(c, texts[c // req.n])
+            while left:
+                ev = await q.get()
+                if ev[0] == "prompt":
+                    c = ev[1]
+                    yield chunk(c, texts[c // req.n], ev[2])
+                    offset[c] = len(texts[c // req.n])
+                elif ev[0] == "delta":
+                    yield chunk(ev[1], ev[2], ev[3])
+                elif ev[0] == "finish":
+                    completion += ev[3]
+                    left -= 1
+                    yield chunk(ev[1], "", finish=ev[2])
+                else:
+                    yield f"data: {json.dumps(ev[2].body())}\n\n"
+                    break
+            if req.include_usage and not left:
+                d = dict(base, choices=[], usage=_usage(sum(len(p) for p in ids), completion))
+                yield f"data: {json.dumps(d)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            for h in handles:
+                h.cancelled = True
+
     def _base(self, kind: str) -> dict:
         from . import __version__
 
+        prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": f"{prefix}-{uuid.uuid4().hex}",
             "object": kind,
             "created": int(time.time()),
             "model": self.config.model_name,
@@ -1348,11 +1652,47 @@ class ChatServer:
                 )
             return JSONResponse(await self.complete(req, ids))
 
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            check_key(request)
+            req, ids, texts = await self.prepare_completion(await request.body())
+            self.admit(req)
+            if req.stream:
+                return StreamingResponse(
+                    self.stream_text(req, ids, texts),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            return JSONResponse(await self.complete_text(req, ids, texts))
+
         return app
 
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _legacy_logprobs(entries: list[dict], offset: int) -> tuple[dict, int]:
+    """Engine logprob entries in the legacy completions layout (``tokens``, ``token_logprobs``,
+    ``top_logprobs`` as token-to-logprob maps, ``text_offset``); returns it and the next offset."""
+    out: dict[str, list] = {
+        "tokens": [],
+        "token_logprobs": [],
+        "top_logprobs": [],
+        "text_offset": [],
+    }
+    for e in entries:
+        out["tokens"].append(e["token"])
+        out["token_logprobs"].append(e["logprob"])
+        top = None
+        if e["logprob"] is not None:
+            top = {}
+            for t in e["top_logprobs"]:
+                top.setdefault(t["token"], t["logprob"])  # two ids with one text: keep the likelier
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(e["token"])
+    return out, offset
 
 
 def _usage(prompt: int, completion: int) -> dict:
