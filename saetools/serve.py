@@ -371,14 +371,17 @@ class Engine:
         ids, attn = ids.to(dev), attn.to(dev)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         self.stats["rows"] += b
-        scored = any(r.params.prompt_logprobs is not None for r in rows)
+        # prompts are right-aligned: the last columns cover every scored prompt
+        keep = max(
+            (len(r.prompt_ids) for r in rows if r.params.prompt_logprobs is not None), default=1
+        )
         out = self._forward(
             _SteerPlan(rows, dev),
             "prompt",
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
-            logits_to_keep=0 if scored else 1,  # 0: every position's logits
+            logits_to_keep=keep,
         )
         cache = out.cache if self._cache_kw == "cache" else out.past_key_values
         batch = _Batch(rows, cache, attn, pos[:, -1] + 1, None)
@@ -394,7 +397,7 @@ class Engine:
     def _prompt_entries(self, r: _Row, logits: torch.Tensor) -> list[dict]:
         """Logprob entries of ``r``'s prompt tokens from its prefill ``logits [width, V]`` (left
         padded: the prompt is the last ``p`` columns; column ``j`` predicts token ``j + 1``)."""
-        p, k = len(r.prompt_ids), r.params.prompt_logprobs or 0
+        p, k = len(r.prompt_ids), r.params.prompt_logprobs or 0  # logits: at least p columns
         first = r.prompt_ids[0]
         entries = [dict(self._entry(first, 0.0, []), logprob=None, top_logprobs=[])]
         if p == 1:
@@ -415,7 +418,7 @@ class Engine:
         """Decode ``rows`` to the end. Between steps, finished rows leave the batch and, when the
         KV cache is a plain dynamic cache, waiting rows join it (prefilled apart, then merged)."""
         self.stats["batches"] += 1
-        batch = self._prefill(rows)
+        batch = self._prefill(list(rows))  # a copy: ``rows`` also collects the rows that join
         joinable = _joinable(batch.cache)
         plan = None
         while True:
@@ -430,6 +433,7 @@ class Engine:
                     if not row.request.cancelled:
                         new.append(row)
                 if new:
+                    rows.extend(new)  # so that a failure below reaches them too (see _loop)
                     other = self._prefill(new)
                     other.drop_finished()
                     if batch.rows and other.rows:
@@ -767,6 +771,7 @@ class ChatServer:
             batch_wait_ms=self.config.batch_wait_ms,
         )
         self._tokenizer = copy.deepcopy(tokenizer)  # encoding only, in self._tok_pool
+        self._special = frozenset(getattr(tokenizer, "all_special_tokens", ()))
         self._tok_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saetools-tok")
         self.directions = dict(directions or {})
         self.saes = dict(saes or {})
@@ -1263,7 +1268,8 @@ class ChatServer:
         limit = self.engine.context_length
         if limit is not None:
             for i, p in enumerate(ids):
-                if limit - len(p) < req.params.max_tokens:
+                # the last sampled token is never fed back: m new tokens need m - 1 positions
+                if len(p) + max(req.params.max_tokens - 1, 0) > limit:
                     raise _bad(
                         f"This model's maximum context length is {limit} tokens. However, you "
                         f"requested {len(p) + req.params.max_tokens} tokens ({len(p)} in prompt[{i}], "
@@ -1280,6 +1286,12 @@ class ChatServer:
         ``max_queue``: a burst gets a clear retry-later answer instead of unbounded memory."""
         limit = self.config.max_queue
         rows = req.n * len(getattr(req, "prompts", [None]))
+        if limit is not None and rows > limit:
+            raise _bad(
+                f"this request needs {rows} rows (prompts times n), more than the server queues "
+                f"at once ({limit}, --max-queue); split it",
+                "prompt" if hasattr(req, "prompts") else "n",
+            )
         if limit is not None and self.engine.waiting + rows > limit:
             raise APIError(
                 429,
@@ -1363,8 +1375,8 @@ class ChatServer:
             head = texts[c // req.n] if req.echo else ""
             lp = None
             if req.params.logprobs:
-                lp, _ = _legacy_logprobs(prompt_lp[c], 0)
-                more, _ = _legacy_logprobs(gen[c], len(head))
+                lp, _ = _legacy_logprobs(prompt_lp[c], 0, self._special)
+                more, _ = _legacy_logprobs(gen[c], len(head), self._special)
                 lp = {k: lp[k] + more[k] for k in lp}
             choices.append(
                 {
@@ -1389,7 +1401,7 @@ class ChatServer:
         def chunk(c, text, entries=None, finish=None):
             lp = None
             if req.params.logprobs:
-                lp, offset[c] = _legacy_logprobs(entries or [], offset[c])
+                lp, offset[c] = _legacy_logprobs(entries or [], offset[c], self._special)
             choice = {"text": text, "index": c, "logprobs": lp, "finish_reason": finish}
             d = dict(base, choices=[choice])
             if req.include_usage:
@@ -1672,9 +1684,12 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _legacy_logprobs(entries: list[dict], offset: int) -> tuple[dict, int]:
+def _legacy_logprobs(
+    entries: list[dict], offset: int, special: frozenset[str] = frozenset()
+) -> tuple[dict, int]:
     """Engine logprob entries in the legacy completions layout (``tokens``, ``token_logprobs``,
-    ``top_logprobs`` as token-to-logprob maps, ``text_offset``); returns it and the next offset."""
+    ``top_logprobs`` as token-to-logprob maps, ``text_offset``); returns it and the next offset.
+    Special tokens (``special``: their texts; BOS, end-of-sequence) take no room in the text."""
     out: dict[str, list] = {
         "tokens": [],
         "token_logprobs": [],
@@ -1691,7 +1706,7 @@ def _legacy_logprobs(entries: list[dict], offset: int) -> tuple[dict, int]:
                 top.setdefault(t["token"], t["logprob"])  # two ids with one text: keep the likelier
         out["top_logprobs"].append(top)
         out["text_offset"].append(offset)
-        offset += len(e["token"])
+        offset += 0 if e["token"] in special else len(e["token"])
     return out, offset
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import httpx
 import openai
@@ -120,8 +121,7 @@ def _loglikelihood(choice: dict, ctxlen: int) -> tuple[float, bool]:
     lp = choice["logprobs"]
     cont = lp["token_logprobs"][ctxlen:-1]
     tops = lp["top_logprobs"][ctxlen:-1]
-    toks = lp["tokens"][ctxlen:-1]
-    greedy = all(max(top, key=top.get) == t for t, top in zip(toks, tops, strict=True))
+    greedy = all(v == max(top.values()) for v, top in zip(cont, tops, strict=True))
     return sum(cont), greedy
 
 
@@ -243,6 +243,7 @@ BAD = [
     ("negative temperature", {"prompt": "a", "temperature": -1}, "temperature"),
     ("too long", {"prompt": "a", "max_tokens": 10**7}, "prompt"),
     ("unknown model", {"prompt": "a", "model": "gpt-9"}, "model"),
+    ("more rows than the queue holds", {"prompt": [[1, 2]] * 1025}, "prompt"),
 ]
 
 
@@ -305,3 +306,131 @@ def test_embedded_model_loglikelihood_equals_a_plain_forward():
         )[0, len(ids) :]
     assert greedy.choices[0].text == tok.decode(out, skip_special_tokens=True)
     assert json.dumps(r)  # plain JSON all the way
+
+
+def _engine_run(engine, jobs):
+    """Submit ``(ids, params)`` jobs one after another; returns each job's events."""
+    events = [[] for _ in jobs]
+    done = threading.Semaphore(0)
+
+    def sink_for(k):
+        def sink(ev):
+            events[k].append(ev)
+            if ev[0] in ("finish", "error"):
+                done.release()
+
+        return sink
+
+    engine.start()
+    try:
+        for k, (ids, params) in enumerate(jobs):
+            engine.submit(ids, params, sink=sink_for(k))
+        for _ in jobs:
+            assert done.acquire(timeout=60), "a row never finished"
+    finally:
+        engine.close()
+    return events
+
+
+def test_scoring_rows_join_a_running_batch_and_mix_with_generating_rows():
+    """Through an engine of batch 3, prompts to score (max_tokens 0 or 2) arrive between prompts to
+    generate: they are prefilled alone and join the running batch (continuous batching). Scores
+    equal unpadded forwards; generations equal HF greedy generation one by one."""
+    from saetools.serve import Engine, SamplingParams
+
+    tok = make_tiny_tokenizer()
+    engine = Engine(new_tiny_model("llama"), tok, max_batch=3, batch_wait_ms=0)
+    prefills = []
+    real_prefill = engine._prefill
+    engine._prefill = lambda rows: (prefills.append(list(rows)), real_prefill(rows))[1]
+    texts = PROMPTS + ["Should humans be ruled?", "hello", "I want to help people."]
+    plan = [(12, None), (0, 2), (9, None), (2, 3), (0, 1), (5, None)]
+    jobs = [
+        (_ids(t), SamplingParams(max_tokens=m, temperature=0.0, prompt_logprobs=k, logprobs=True))
+        for t, (m, k) in zip(texts, plan, strict=True)
+    ]
+    events = _engine_run(engine, jobs)
+    m = make_tiny_model("llama")
+    eos = _eos(m, tok)
+    for (ids, params), evs in zip(jobs, events, strict=True):
+        kinds = [e[0] for e in evs]
+        assert "error" not in kinds and kinds[-1] == "finish"
+        if params.prompt_logprobs is not None:
+            assert kinds[0] == "prompt"
+            got = [e["logprob"] for e in evs[0][2]]
+            ref = _forward_logprobs(ids)
+            want = [ref[j, ids[j + 1]].item() for j in range(len(ids) - 1)]
+            assert got[0] is None and got[1:] == pytest.approx(want, abs=1e-4)
+        else:
+            assert "prompt" not in kinds
+        with torch.no_grad():
+            ref_gen = m.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max(params.max_tokens, 1),
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+            )[0, len(ids) :].tolist()
+        assert evs[-1][3] == min(params.max_tokens, len(ref_gen))  # completion tokens
+        text = "".join(e[2] for e in evs if e[0] == "delta")
+        want_text = tok.decode([t for t in ref_gen if t not in eos], skip_special_tokens=True)
+        assert text == (want_text if params.max_tokens else "")
+    # not vacuous: a scoring row was prefilled apart from the first batch, i.e. it joined
+    assert (
+        any(any(r.params.prompt_logprobs is not None for r in rows) for rows in prefills[1:])
+        and len(prefills) > 1
+    )
+
+
+def test_a_failure_after_rows_joined_fails_every_row():
+    """A batch that fails after other rows joined it sends an error to every row, the joined ones
+    included, instead of leaving their requests waiting forever."""
+    from saetools.serve import Engine, SamplingParams
+
+    engine = Engine(new_tiny_model("llama"), make_tiny_tokenizer(), max_batch=3, batch_wait_ms=0)
+    calls = {"n": 0}
+    real_step = engine._step
+
+    def step(rows, logits):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("boom")
+        return real_step(rows, logits)
+
+    engine._step = step
+    budgets = [2, 20, 20, 20, 20, 20]  # the first row leaves after 2 steps and the 4th joins
+    jobs = [
+        (_ids(t), SamplingParams(max_tokens=b, temperature=0.0))
+        for t, b in zip(PROMPTS * 2, budgets, strict=True)
+    ]
+    events = _engine_run(engine, jobs)
+    last = [evs[-1][0] for evs in events]
+    assert last[0] == "finish" and last[1:4] == ["error"] * 3, last
+
+
+def test_a_prompt_may_fill_the_context_when_one_token_is_asked(server):
+    """m new tokens need m - 1 more positions (the last one is never fed back): a prompt of the
+    full context length (256 on the tiny model) may ask for 1 token, as lm-evaluation-harness does
+    with max_length equal to the context, but not for 2."""
+    ids = (_ids(PROMPTS[1]) * 40)[:256]
+    ok = _post(server, {"prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0})
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["choices"][0]["logprobs"]["tokens"]) == 257
+    over = _post(server, {"prompt": ids, "max_tokens": 2})
+    assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_special_tokens_take_no_room_in_text_offsets():
+    from saetools.serve import _legacy_logprobs
+
+    def entry(token, lp):
+        return {"token": token, "logprob": lp, "bytes": [], "top_logprobs": []}
+
+    lp, end = _legacy_logprobs(
+        [entry("<s>", None), entry("Hi", -1.0), entry(" there", -2.0), entry("</s>", -0.5)],
+        0,
+        frozenset({"<s>", "</s>"}),
+    )
+    assert lp["text_offset"] == [0, 0, 2, 8] and end == 8
+    assert lp["top_logprobs"] == [None, {}, {}, {}]
