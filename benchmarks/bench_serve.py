@@ -10,6 +10,12 @@ Throughput counts the tokens each answer really generated (up to and including t
 token; greedy answers are the same in every run, which the script checks), divided by wall time.
 Everything is measured in one run and printed as ratios; absolute numbers depend on the machine.
 
+Second table (prompt scoring, what lm-evaluation-harness's loglikelihood tasks send): raw-text
+prompts as token ids to ``/v1/completions`` with ``echo``, ``logprobs: 1``, ``max_tokens: 1``, one
+prompt per request from 1, 4 and 16 concurrent clients, against HF forwards over the same ids in
+this process (one at a time, and left-padded batches of 16). Throughput is prompt tokens scored per
+second; the script checks that the server's per-token logprobs equal the sequential forwards'.
+
     python benchmarks/bench_serve.py --threads 1 --max-tokens 48
 """
 
@@ -81,6 +87,53 @@ def hf_generate(lm, encoded: list[list[int]], batch: int, max_new: int):
             w = b.input_ids.shape[1]
             out.extend(_cut(gen[i, w:].tolist(), eos) for i in range(len(rows)))
     return out, time.perf_counter() - t0
+
+
+def score_texts(n: int) -> list[str]:
+    """``n`` raw-text prompts of varied length (pairs of the chat prompts)."""
+    k = len(PROMPTS)
+    return [f"{PROMPTS[i % k]} {PROMPTS[(i * 7 + 3) % k]}" for i in range(n)]
+
+
+def hf_score(lm, ids: list[list[int]], batch: int) -> tuple[list[list[float]], float]:
+    """Per-token logprobs (tokens 1..p-1) from plain HF forwards in left-padded batches."""
+    pad = pad_token_id(lm.tokenizer)
+    out: list[list[float]] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(ids), batch):
+            rows = ids[s : s + batch]
+            b = collate([Encoded(tuple(r), len(r), len(r)) for r in rows], pad, "left")
+            logits = lm.model(
+                input_ids=b.input_ids,
+                attention_mask=b.attention_mask,
+                position_ids=b.position_ids,
+            ).logits.float()
+            w = b.input_ids.shape[1]
+            for i, r in enumerate(rows):
+                lp = torch.log_softmax(logits[i, w - len(r) : w - 1], dim=-1)
+                out.append(lp.gather(1, torch.tensor(r[1:])[:, None])[:, 0].tolist())
+    return out, time.perf_counter() - t0
+
+
+async def _score_clients(url: str, model: str, ids: list[list[int]], concurrency: int):
+    todo = list(enumerate(ids))
+    scores: dict[int, list[float]] = {}
+
+    async def client(http: httpx.AsyncClient):
+        while todo:
+            i, p = todo.pop(0)
+            body = {"model": model, "prompt": p, "echo": True, "logprobs": 1, "max_tokens": 1}
+            r = await http.post(url + "/v1/completions", json={**body, "temperature": 0})
+            r.raise_for_status()
+            scores[i] = r.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(p)]
+
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(timeout=3600, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        dt = time.perf_counter() - t0
+    return [scores[i] for i in range(len(ids))], dt
 
 
 async def _clients(url: str, model: str, concurrency: int, max_new: int):
@@ -165,6 +218,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--score-prompts", type=int, default=64, help="prompts to score (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model("default")
@@ -207,6 +261,21 @@ def main() -> None:
                     None,
                 )
             )
+        score_rows = []
+        if args.score_prompts:
+            texts = score_texts(args.score_prompts)
+            ids = [lm.tokenizer(t)["input_ids"] for t in texts]
+            n_scored = sum(len(p) - 1 for p in ids)
+            ref, t_ref = hf_score(lm, ids, 1)
+            score_rows.append(("HF forward, sequential (batch 1)", t_ref, 0.0))
+            bat_scores, t_b = hf_score(lm, ids, 16)
+            score_rows.append(("HF forward, batched (batch 16)", t_b, _max_diff(ref, bat_scores)))
+            for c in [int(x) for x in args.concurrency.split(",")]:
+                got, dt = asyncio.run(_score_clients(url, model, ids, c))
+                score_rows.append(
+                    (f"saetools serve /v1/completions, {c} concurrent client(s)", dt,
+                     _max_diff(ref, got))
+                )  # fmt: skip
         stats = httpx.get(url + "/v1/saetools").json()["stats"]
     finally:
         proc.terminate()
@@ -224,6 +293,22 @@ def main() -> None:
         print(
             f"| {name} | {toks} | {dt:.2f} | {tps:.1f} | {tps / base:.2f} | {tps / bat_tps:.2f} |"
         )
+    if score_rows:
+        print(f"\nprompt scoring: {len(ids)} prompts, {n_scored} scored tokens\n")
+        print("| run | seconds | tokens/s | / HF sequential | / HF batched | max abs Δ logprob |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, dt, diff in score_rows:
+            tps = n_scored / dt
+            r_seq = n_scored / score_rows[0][1]
+            r_bat = n_scored / score_rows[1][1]
+            print(
+                f"| {name} | {dt:.2f} | {tps:.0f} | {tps / r_seq:.2f} | {tps / r_bat:.2f} "
+                f"| {diff:.1e} |"
+            )
+
+
+def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
 if __name__ == "__main__":
