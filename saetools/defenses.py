@@ -763,33 +763,60 @@ def run_benchmark(
 
 def _run_parallel(cfg, todo, out, model_factory, dir_files, common, jobs, threads, record, bar):
     """Run ``todo`` in ``jobs`` spawned worker processes; rows are written by this process as each
-    run finishes, so an interruption loses only the runs in flight."""
+    run finishes, so an interruption loses only the runs in flight. An interruption (Ctrl-C, an
+    error, or SIGTERM to this process alone) stops the workers at once."""
     import multiprocessing as mp
+    import signal
+    import threading
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = threads or max(1, torch.get_num_threads() // jobs)
     init = (cfg, model_factory, threads)
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=mp.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=init,
-    ) as pool:
-        pending = {
-            pool.submit(_worker_run, run, str(out), dict(dir_files), common): run for run in todo
-        }
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    run = pending.pop(fut)
-                    record(fut.result())  # a failed run raises here, naming its error
-                    bar.set_postfix_str(run.label)
-                    bar.update()
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=init,
+        ) as pool:
+            pending = {
+                pool.submit(_worker_run, run, str(out), dict(dir_files), common): run
+                for run in todo
+            }
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        run = pending.pop(fut)
+                        record(fut.result())  # a failed run raises here, naming its error
+                        bar.set_postfix_str(run.label)
+                        bar.update()
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                _stop_workers(pool)
+                raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate a process pool's workers now (their runs in flight are lost, as with Ctrl-C)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(10)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 _WORKER: dict = {}

@@ -7,8 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -365,6 +370,62 @@ def test_parallel_jobs_give_the_sequential_rows(tmp_path, data):
         run_benchmark(cfg, tmp_path / "x", model_factory=_factory, jobs=0, say=None)
     with pytest.raises(BenchmarkError, match="picklable model_factory"):
         run_benchmark(cfg, tmp_path / "y", model_factory=lambda: _factory(), jobs=2, say=None)
+
+
+def _slow_factory():
+    """In a worker process: note this process's pid, then take far longer than the test waits."""
+    if multiprocessing.parent_process() is not None:
+        (Path(os.environ["SAETOOLS_TEST_PIDDIR"]) / f"{os.getpid()}.pid").write_text("")
+        time.sleep(300)
+    return _factory()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited (nobody reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_sigterm_to_the_parent_stops_the_workers(tmp_path, data):
+    """SIGTERM to the benchmark's process alone (not its group, as a job scheduler may send it)
+    ends it and its worker processes at once, instead of leaving them to finish their runs."""
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    args = {k: str(v) for k, v in data.items()}
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_defenses as T\n"
+        "from saetools.defenses import run_benchmark\n"
+        f"cfg = T._cfg(json.loads({json.dumps(args)!r}), methods=('none', 'kl'), seeds=(0, 1))\n"
+        f"run_benchmark(cfg, {str(tmp_path / 'out')!r}, model_factory=T._slow_factory,\n"
+        "              progress=False, say=None, jobs=2)\n"
+    )
+    env = {**os.environ, "SAETOOLS_TEST_PIDDIR": str(piddir)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(piddir.glob("*.pid"))) < 2:
+            assert proc.poll() is None, "the benchmark ended before its workers started"
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        pids = [int(f.stem) for f in piddir.glob("*.pid")]
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), "worker processes outlived the benchmark"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for f in piddir.glob("*.pid"):
+            if _alive(int(f.stem)):
+                os.kill(int(f.stem), signal.SIGKILL)
 
 
 def test_report_only_tables_every_finished_run(tmp_path, data):
