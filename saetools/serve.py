@@ -1348,28 +1348,8 @@ class ChatServer:
         """The ``/v1/completions`` response (``text_completion``) for a parsed request."""
         handles, q = self._submit_prompts(req, ids)
         total = req.n * len(ids)
-        deltas: list[list[str]] = [[] for _ in range(total)]
-        gen: list[list[dict]] = [[] for _ in range(total)]
-        prompt_lp: list[list[dict]] = [[] for _ in range(total)]
-        reasons: list[str | None] = [None] * total
-        completion, left = 0, total
-        try:
-            while left:
-                ev = await q.get()
-                if ev[0] == "prompt":
-                    prompt_lp[ev[1]] = ev[2]
-                elif ev[0] == "delta":
-                    deltas[ev[1]].append(ev[2])
-                    gen[ev[1]].extend(ev[3])
-                elif ev[0] == "finish":
-                    reasons[ev[1]] = ev[2]
-                    completion += ev[3]
-                    left -= 1
-                else:
-                    raise ev[2]
-        finally:
-            for h in handles:
-                h.cancelled = True
+        got = await _collect(q, total, handles)
+        deltas, gen, prompt_lp, reasons = got.deltas, got.entries, got.prompt, got.reasons
         choices = []
         for c in range(total):
             head = texts[c // req.n] if req.echo else ""
@@ -1388,7 +1368,7 @@ class ChatServer:
             )
         out = self._base("text_completion")
         out["choices"] = choices
-        out["usage"] = _usage(sum(len(p) for p in ids), completion)
+        out["usage"] = _usage(sum(len(p) for p in ids), got.completion_tokens)
         return out
 
     async def stream_text(self, req: _ParsedCompletion, ids: list[list[int]], texts: list[str]):
@@ -1451,25 +1431,8 @@ class ChatServer:
 
     async def complete(self, req: _Parsed, ids: list[int]) -> dict:
         handle, q = self._submit(req, ids)
-        texts = [[] for _ in range(req.n)]
-        lps: list[list[dict]] = [[] for _ in range(req.n)]
-        reasons: list[str | None] = [None] * req.n
-        completion = 0
-        left = req.n
-        try:
-            while left:
-                ev = await q.get()
-                if ev[0] == "delta":
-                    texts[ev[1]].append(ev[2])
-                    lps[ev[1]].extend(ev[3])
-                elif ev[0] == "finish":
-                    reasons[ev[1]] = ev[2]
-                    completion += ev[3]
-                    left -= 1
-                else:
-                    raise ev[2]
-        finally:
-            handle.cancelled = True  # no-op when done; stops the rows when the client left
+        got = await _collect(q, req.n, [handle])
+        texts, lps, reasons = got.deltas, got.entries, got.reasons
         out = self._base("chat.completion")
         out["choices"] = [
             {
@@ -1480,7 +1443,7 @@ class ChatServer:
             }
             for i in range(req.n)
         ]
-        out["usage"] = _usage(len(ids), completion)
+        out["usage"] = _usage(len(ids), got.completion_tokens)
         return out
 
     async def stream(self, req: _Parsed, ids: list[int]):
@@ -1682,6 +1645,43 @@ class ChatServer:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+@dataclass
+class _Collected:
+    deltas: list[list[str]]  # text pieces per choice
+    entries: list[list[dict]]  # logprob entries of generated tokens per choice
+    prompt: list[list[dict]]  # prompt logprob entries per choice (prompt_logprobs only)
+    reasons: list[str | None]
+    completion_tokens: int
+
+
+async def _collect(q: asyncio.Queue, total: int, handles: Sequence[_Request]) -> _Collected:
+    """Wait for the engine events of ``total`` choices; an error event raises its APIError. The
+    handles are cancelled on the way out (a no-op when done; stops the rows if the client left)."""
+    got = _Collected(
+        [[] for _ in range(total)], [[] for _ in range(total)], [[] for _ in range(total)],
+        [None] * total, 0,
+    )  # fmt: skip
+    left = total
+    try:
+        while left:
+            ev = await q.get()
+            if ev[0] == "prompt":
+                got.prompt[ev[1]] = ev[2]
+            elif ev[0] == "delta":
+                got.deltas[ev[1]].append(ev[2])
+                got.entries[ev[1]].extend(ev[3])
+            elif ev[0] == "finish":
+                got.reasons[ev[1]] = ev[2]
+                got.completion_tokens += ev[3]
+                left -= 1
+            else:
+                raise ev[2]
+    finally:
+        for h in handles:
+            h.cancelled = True
+    return got
 
 
 def _legacy_logprobs(
