@@ -402,16 +402,11 @@ class Engine:
         entries = [dict(self._entry(first, 0.0, []), logprob=None, top_logprobs=[])]
         if p == 1:
             return entries
-        rows = logits[-p:-1, : self.vocab].float()
-        logp = torch.log_softmax(rows, dim=-1)
-        target = torch.tensor(r.prompt_ids[1:], device=logp.device)
-        chosen = logp.gather(1, target[:, None])[:, 0].tolist()
-        if k:
-            vals, idx = logp.topk(k, dim=-1)
-            vals, idx = vals.tolist(), idx.tolist()
-        for j, t in enumerate(r.prompt_ids[1:]):
-            top = list(zip(idx[j], vals[j], strict=True)) if k else []
-            entries.append(self._entry(t, chosen[j], top))
+        target = torch.tensor(r.prompt_ids[1:], device=logits.device)
+        scored = _logprobs_of(logits[-p:-1, : self.vocab], target, [k] * (p - 1))
+        entries.extend(
+            self._entry(t, lp, top) for t, (lp, top) in zip(r.prompt_ids[1:], scored, strict=True)
+        )
         return entries
 
     def _run(self, rows: list[_Row]) -> None:
@@ -464,26 +459,17 @@ class Engine:
         logits = logits[:, : self.vocab]
         tokens = _sample(logits, rows)
         want_lp = [i for i, r in enumerate(rows) if r.params.logprobs]
-        lp_tok: dict[int, float] = {}
-        tops: dict[int, list[tuple[int, float]]] = {}
+        scored: dict[int, tuple[float, list[tuple[int, float]]]] = {}
         if want_lp:
             sel = torch.tensor(want_lp, device=logits.device)
-            logp = torch.log_softmax(logits[sel], dim=-1)
-            chosen = logp.gather(1, tokens[sel][:, None])[:, 0].tolist()
-            k = max(rows[i].params.top_logprobs for i in want_lp)
-            if k:
-                vals, idx = logp.topk(k, dim=-1)
-                vals, idx = vals.tolist(), idx.tolist()
-            for j, i in enumerate(want_lp):
-                lp_tok[i] = chosen[j]
-                kk = rows[i].params.top_logprobs
-                tops[i] = list(zip(idx[j][:kk], vals[j][:kk], strict=True)) if kk else []
+            ks = [rows[i].params.top_logprobs for i in want_lp]
+            scored = dict(zip(want_lp, _logprobs_of(logits[sel], tokens[sel], ks), strict=True))
         toks = tokens.tolist()
         self.stats["tokens"] += len(toks)
         for i, r in enumerate(rows):
             if r.done or r.request.cancelled:
                 continue
-            entry = self._entry(toks[i], lp_tok[i], tops[i]) if i in lp_tok else None
+            entry = self._entry(toks[i], *scored[i]) if i in scored else None
             self._advance(r, toks[i], entry)
         return tokens
 
@@ -552,6 +538,21 @@ def _byte_decoder(tokenizer) -> dict[str, int] | None:
             cs.append(256 + n)
             n += 1
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _logprobs_of(
+    logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
+) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per row of ``logits [n, V]``: the log-probability of ``targets[row]`` and the ``ks[row]``
+    likeliest ``(token id, log-probability)`` pairs (float32 ``log_softmax``)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
+    k = max(ks, default=0)
+    vals, idx = ([], []) if not k else (t.tolist() for t in logp.topk(k, dim=-1))
+    return [
+        (chosen[j], list(zip(idx[j][:kk], vals[j][:kk], strict=True)) if kk else [])
+        for j, kk in enumerate(ks)
+    ]
 
 
 def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
@@ -1301,25 +1302,8 @@ class ChatServer:
                 code="queue_full",
             )
 
-    def _submit(self, req: _Parsed, ids: list[int]) -> tuple[_Request, asyncio.Queue]:
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-
-        def sink(ev, _loop=loop, _q=q):
-            _loop.call_soon_threadsafe(_q.put_nowait, ev)
-
-        handle = self.engine.submit(
-            ids,
-            req.params,
-            n=req.n,
-            interventions=req.interventions,
-            steer_key=req.steer_key,
-            sink=sink,
-        )
-        return handle, q
-
-    def _submit_prompts(
-        self, req: _ParsedCompletion, ids: list[list[int]]
+    def _submit(
+        self, req: _Parsed | _ParsedCompletion, ids: list[list[int]]
     ) -> tuple[list[_Request], asyncio.Queue]:
         """Queue ``n`` rows per prompt; events arrive with choice index ``prompt * n + j``."""
         loop = asyncio.get_running_loop()
@@ -1346,7 +1330,7 @@ class ChatServer:
         self, req: _ParsedCompletion, ids: list[list[int]], texts: list[str]
     ) -> dict:
         """The ``/v1/completions`` response (``text_completion``) for a parsed request."""
-        handles, q = self._submit_prompts(req, ids)
+        handles, q = self._submit(req, ids)
         total = req.n * len(ids)
         got = await _collect(q, total, handles)
         deltas, gen, prompt_lp, reasons = got.deltas, got.entries, got.prompt, got.reasons
@@ -1373,7 +1357,7 @@ class ChatServer:
 
     async def stream_text(self, req: _ParsedCompletion, ids: list[list[int]], texts: list[str]):
         """The ``/v1/completions`` server-sent events for a parsed streaming request."""
-        handles, q = self._submit_prompts(req, ids)
+        handles, q = self._submit(req, ids)
         base = self._base("text_completion")
         total = req.n * len(ids)
         offset = [0] * total
@@ -1430,8 +1414,8 @@ class ChatServer:
         }
 
     async def complete(self, req: _Parsed, ids: list[int]) -> dict:
-        handle, q = self._submit(req, ids)
-        got = await _collect(q, req.n, [handle])
+        handles, q = self._submit(req, [ids])
+        got = await _collect(q, req.n, handles)
         texts, lps, reasons = got.deltas, got.entries, got.reasons
         out = self._base("chat.completion")
         out["choices"] = [
@@ -1447,7 +1431,7 @@ class ChatServer:
         return out
 
     async def stream(self, req: _Parsed, ids: list[int]):
-        handle, q = self._submit(req, ids)
+        handles, q = self._submit(req, [ids])
         base = self._base("chat.completion.chunk")
 
         def chunk(choices, usage=None):
@@ -1497,7 +1481,8 @@ class ChatServer:
                 yield chunk([], _usage(len(ids), completion))
             yield "data: [DONE]\n\n"
         finally:
-            handle.cancelled = True
+            for h in handles:
+                h.cancelled = True
 
     def models(self) -> dict:
         return {
