@@ -279,9 +279,10 @@ def encode_all(tokenizer, examples: Sequence[ChatExample]) -> list[Encoded]:
 
 
 def _pad_id(tokenizer) -> int:
+    """The tokenizer's pad token id, else its eos token id, else 0."""
     if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id or 0
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id or 0)
 
 
 def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:

@@ -483,16 +483,14 @@ def _train_config(cfg: BenchmarkConfig, run: Run, dir_files: Mapping[str, str], 
 
 def _eval_batches(cfg: BenchmarkConfig, task: str, tok) -> list:
     """The held-out items of a task's data (``eval_examples`` of its test split), collated."""
-    from .train import _pad_id, collate_examples, encode_training_example, load_chat_data
+    from .train import eval_batches, load_chat_data
 
     data = cfg.narrow_data if task == "narrow" else cfg.benign_data
     try:
         test = _limit(load_chat_data(data, "test"), cfg.eval_examples)
     except ValueError:
         test = []
-    enc = [encode_training_example(tok, e, max_length=cfg.max_length) for e in test]
-    pad = _pad_id(tok)
-    return [collate_examples(enc[i : i + 16], pad) for i in range(0, len(enc), 16)]
+    return eval_batches(tok, test, max_length=cfg.max_length)
 
 
 def _run_one(

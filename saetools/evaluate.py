@@ -671,14 +671,10 @@ def held_out_loss(
     """Token-mean cross-entropy on the answers of a chat set's split (the labels ``saetools train``
     uses: the answer's tokens and the end-of-turn token after it)."""
     from .steer import steer
-    from .train import _pad_id, collate_examples, encode_training_example, task_loss
+    from .train import eval_batches, task_loss
 
     exs = _chat_examples(data, split)
-    enc = [encode_training_example(tokenizer, e, max_length=max_length) for e in exs]
-    pad = _pad_id(tokenizer)
-    batches = [
-        collate_examples(enc[i : i + batch_size], pad) for i in range(0, len(enc), batch_size)
-    ]
+    batches = eval_batches(tokenizer, exs, max_length=max_length, batch_size=batch_size)
     with steer(model, list(interventions)):
         return task_loss(model, batches)
 

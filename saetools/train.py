@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .capture import ChatExample, encode_chat
+from .capture import ChatExample, _pad_id, encode_chat
 from .regularize import (
     IGNORE_INDEX,
     KL,
@@ -202,13 +202,6 @@ def encode_anchor_example(tokenizer, example: ChatExample, *, max_length=None) -
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id
-    return int(pad or 0)
-
-
 def collate_examples(features: Sequence[Mapping], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-padded batch: ``input_ids`` (pad_id), ``attention_mask``, ``labels`` (-100 on pads)."""
     width = max(len(f["input_ids"]) for f in features)
@@ -222,6 +215,16 @@ def collate_examples(features: Sequence[Mapping], pad_id: int = 0) -> dict[str, 
         attn[i, :L] = 1
         labels[i, :L] = torch.as_tensor(list(f["labels"]), dtype=torch.long)
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def eval_batches(
+    tokenizer, examples: Sequence[ChatExample], *, max_length: int | None, batch_size: int = 16
+) -> list[dict[str, torch.Tensor]]:
+    """Encode chat examples as training examples (labels on the answer) and collate them into
+    right-padded batches of ``batch_size``, in order: the input of :func:`task_loss`."""
+    enc = [encode_training_example(tokenizer, e, max_length=max_length) for e in examples]
+    pad = _pad_id(tokenizer)
+    return [collate_examples(enc[i : i + batch_size], pad) for i in range(0, len(enc), batch_size)]
 
 
 class Collator:
@@ -873,11 +876,8 @@ def train(
         model = get_peft_model(model, _lora_config(cfg.lora_rank, cfg.lora_alpha, model))
     max_len = cfg.max_length
     enc_train = [encode_training_example(tokenizer, e, max_length=max_len) for e in train_exs]
-    enc_test = [encode_training_example(tokenizer, e, max_length=max_len) for e in test_exs]
     pad = _pad_id(tokenizer)
-    test_batches = [
-        collate_examples(enc_test[i : i + 16], pad) for i in range(0, len(enc_test), 16)
-    ]
+    test_batches = eval_batches(tokenizer, test_exs, max_length=max_len)
     anchor_batches = None
     if anchor_exs is not None:
         enc_a = [encode_anchor_example(tokenizer, e, max_length=max_len) for e in anchor_exs]
