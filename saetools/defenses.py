@@ -992,18 +992,16 @@ def _matched_markdown(table: Sequence[dict], targets=(50.0, 80.0)) -> list[str]:
         "|" + "---|" * (2 + 4 * len(targets)),
     ]
     for r in rows:
-        dirs = "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
+        dirs = _dirs(r)
         cells = [r["method"], dirs]
         for t in targets:
             v = r["at"][float(t)]
             if not v:
                 cells += ["—"] * 4
                 continue
-            cells += [
-                f"{v['strength']:.3g}" + (" *" if v["from_none"] else ""),
-                "—" if v["benign_loss"] is None else f"{v['benign_loss']:.3f}",
-                "—" if v["opswap_accuracy"] is None else f"{v['opswap_accuracy']:.3f}",
-                "—" if v["narrow_loss"] is None else f"{v['narrow_loss']:.3f}",
+            cells += [f"{v['strength']:.3g}" + (" *" if v["from_none"] else "")] + [
+                _cell(v[k], None, "{:.3f}")
+                for k in ("benign_loss", "opswap_accuracy", "narrow_loss")
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -1013,6 +1011,11 @@ def _cell(m, se, fmt="{:+.3f}") -> str:
     if m is None:
         return "—"
     return fmt.format(m) + ("" if se is None else " ± " + fmt.format(se).lstrip("+"))
+
+
+def _dirs(r: Mapping) -> str:
+    """A table row's direction variant: ``source @ sites``, or — for methods without one."""
+    return "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
 
 
 def _ci_cell(ci) -> str:
@@ -1061,7 +1064,7 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
         "|" + "---|" * len(TABLE_COLUMNS),
     ]
     for r in table:
-        dirs = "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
+        dirs = _dirs(r)
         seeds = f"{r['n_seeds_narrow']}/{r['n_seeds_benign']}"
         cells = [
             r["method"],
@@ -1094,7 +1097,7 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
         for r in table:
             if not r["checkpoints"]:
                 continue
-            dirs = "—" if r["source"] == "-" else f"{r['source']} @ {r['sites']}"
+            dirs = _dirs(r)
             cells = [r["method"], f"{r['strength']:g}", dirs] + [
                 _cell(*r["checkpoints"].get(st, (None, None))) for st in ck_steps
             ]
