@@ -139,8 +139,8 @@ def run_check(
     from saetools.export import export_directions
     from saetools.extract.diffmeans import pair_examples
     from saetools.models import load_model
+    from saetools.scoring import score_answers
     from saetools.steer import Intervention, steer
-    from saetools.sweep import score_answers
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

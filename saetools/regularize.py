@@ -66,9 +66,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import StopForward
+from .capture import IGNORE_INDEX, StopForward
 from .directions import DirectionFileError, DirectionSet
-from .sites import Site, SiteError, hooks, n_layers, parse_sites
+from .scoring import eval_mode
+from .sites import Site, SiteError, hooks, is_peft, n_layers, parse_sites
 from .stats import orthonormal_basis
 from .steer import ablate as ablate_op
 from .steer import add as add_op
@@ -90,7 +91,6 @@ __all__ = [
 ]
 
 SOURCES = ("batch", "anchor")
-IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,10 +297,6 @@ class _Resolved:
     bases: dict[Site, torch.Tensor] = field(default_factory=dict)  # [k, d] float32 cpu
 
 
-def _is_peft(model: nn.Module) -> bool:
-    return hasattr(model, "peft_config") and callable(getattr(model, "disable_adapter", None))
-
-
 def _inner(model: nn.Module) -> nn.Module:
     """Strip DistributedDataParallel / DataParallel / FSDP / torch.compile wrappers."""
     wrappers = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
@@ -313,18 +309,6 @@ def _inner(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-@contextmanager
-def _eval_mode(module: nn.Module):
-    """Put every submodule in eval mode, restoring each one's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
 
 
 def _loss_mask(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -502,7 +486,7 @@ class RegularizedLoss:
         }
         self.terms = terms
         needs_ref = any(g.needs_reference for g in self.groups.values())
-        self.use_adapter_toggle = reference is None and _is_peft(self.inner)
+        self.use_adapter_toggle = reference is None and is_peft(self.inner)
         if reference is not None:
             reference.eval()
             for p in reference.parameters():
@@ -618,7 +602,7 @@ class RegularizedLoss:
         with ExitStack() as stack:
             if self.use_adapter_toggle:
                 stack.enter_context(self.inner.disable_adapter())
-            stack.enter_context(_eval_mode(ref))
+            stack.enter_context(eval_mode(ref))
             stack.enter_context(torch.no_grad())
             store: dict[Site, torch.Tensor] = {}
             last = max(sites) if sites else None

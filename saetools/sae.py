@@ -450,7 +450,7 @@ class LatentClamp:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from .steer import _check_positions
+        from .steer import check_positions
 
         if not isinstance(self.sae, LoadedSAE):
             self.sae = load_sae(self.sae)
@@ -475,7 +475,7 @@ class LatentClamp:
             raise SAEError("clamp values must be finite")
         self.values = v
         self.rows = self.sae.decoder_rows(self.latents)  # [k, d]
-        self.positions = _check_positions(self.positions)
+        self.positions = check_positions(self.positions)
 
     @property
     def site(self) -> str:
@@ -549,7 +549,7 @@ def local_text(
     """
     import probes
 
-    from .extract.modeldiff import probe_examples
+    from .capture import probe_examples
 
     names = (
         probes.available()
@@ -586,7 +586,7 @@ def model_samples(
 ) -> TextSource:
     """The model's own answers to ``prompts`` (cycled to ``n`` samples), as chat examples."""
     from .capture import ChatExample
-    from .steer import _as_messages, generate
+    from .steer import as_messages, generate
 
     prompts = list(prompts)
     if not prompts:
@@ -603,7 +603,7 @@ def model_samples(
         batch_size=batch_size,
     )
     out = [
-        ChatExample(messages=tuple(_as_messages(p)), response=a)
+        ChatExample(messages=tuple(as_messages(p)), response=a)
         for p, a in zip(chosen, answers, strict=True)
         if a.strip()
     ]

@@ -46,10 +46,10 @@ def candidate_examples(data, split: str | None = None) -> tuple[list[str], list[
     """``(ids, examples)`` with answers from a probe set (name, path or loaded set) or a list of
     :class:`ChatExample`. chat: the prompt messages and the assistant's last message; pairs: the
     question and its **aligned** answer; texts: the text as the answer to
-    :data:`saetools.sweep.NEUTRAL_PROMPT`. A questions set has no answers and is refused."""
+    :data:`saetools.scoring.NEUTRAL_PROMPT`. A questions set has no answers and is refused."""
     import probes
 
-    from .sweep import NEUTRAL_PROMPT
+    from .scoring import NEUTRAL_PROMPT
 
     if isinstance(data, Sequence) and not isinstance(data, str):
         exs = list(data)
@@ -57,7 +57,7 @@ def candidate_examples(data, split: str | None = None) -> tuple[list[str], list[
             raise ScreenError("a list of screening data must hold ChatExample objects")
         ids = [str(i) for i in range(len(exs))]
     else:
-        ps = probes.load(data) if isinstance(data, str | os.PathLike) else data
+        ps = probes.as_set(data)
         if split not in (None, "all"):
             ps = ps.split(split)
         ids, exs = [], []
@@ -157,7 +157,7 @@ def screen_projection(
 
 
 def _answer_nll(model, tokenizer, exs, batch_size) -> torch.Tensor:
-    from .sweep import score_answers
+    from .scoring import score_answers
 
     was = model.training
     model.eval()

@@ -59,7 +59,7 @@ import torch
 from fastapi import Request
 from torch import nn
 
-from .sites import _unwrap, hooks, n_layers, parse_site, parse_sites
+from .sites import base_model, hooks, n_layers, parse_site, parse_sites
 from .steer import (
     OPS,
     POSITIONS,
@@ -229,16 +229,16 @@ class Engine:
         self.pad_id = pad_token_id(self.tokenizer)
         self.device = next(model.parameters()).device
         self.context_length = context_length(model)
-        gc = getattr(_unwrap(model), "generation_config", None)
+        gc = getattr(base_model(model), "generation_config", None)
         eos = set()
         for e in (getattr(gc, "eos_token_id", None), self.tokenizer.eos_token_id):
             if e is None:
                 continue
             eos.update([e] if isinstance(e, int) else list(e))
         self.eos = eos
-        self.vocab = int(_unwrap(model).get_output_embeddings().weight.shape[0])
+        self.vocab = int(base_model(model).get_output_embeddings().weight.shape[0])
         # transformers >= 5.2x names the KV cache argument ``cache``; earlier 5.x ``past_key_values``
-        params = inspect.signature(_unwrap(model).forward).parameters
+        params = inspect.signature(base_model(model).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._byte_decoder = _byte_decoder(self.tokenizer)
         self._queue: queue.Queue[_Row] = queue.Queue()

@@ -25,8 +25,10 @@ from torch import nn
 
 KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 # Order of sites inside one block, for "deepest site" computations.
-_KIND_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
-_NAME_RE = re.compile(r"^blocks\.(\d+)(?:-(\d+))?\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+KIND_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
+SITE_NAME_RE = re.compile(
+    r"^blocks\.(\d+)(?:-(\d+))?\.hook_(resid_pre|resid_post|attn_out|mlp_out)$"
+)
 
 ActivationFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
@@ -45,9 +47,9 @@ class Site:
 
     @classmethod
     def make(cls, layer: int, kind: str) -> Site:
-        if kind not in _KIND_ORDER:
+        if kind not in KIND_ORDER:
             raise SiteError(f"unknown site kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-        return cls(layer=int(layer), order=_KIND_ORDER[kind], kind=kind)
+        return cls(layer=int(layer), order=KIND_ORDER[kind], kind=kind)
 
     @property
     def name(self) -> str:
@@ -95,11 +97,11 @@ def parse_sites(spec: str | Iterable[str] | Site | Iterable[Site], n_layers: int
         text = str(item).strip()
         if text == "all" or text.startswith("all:"):
             kind = text[4:].removeprefix("hook_") if text.startswith("all:") else "resid_post"
-            if kind not in _KIND_ORDER:
+            if kind not in KIND_ORDER:
                 raise SiteError(f"unknown site kind in {text!r}; " + valid_site_help(n_layers))
             out.update(Site.make(k, kind) for k in range(n_layers))
             continue
-        m = _NAME_RE.match(text)
+        m = SITE_NAME_RE.match(text)
         if not m:
             raise SiteError(f"unknown site {text!r}; " + valid_site_help(n_layers))
         lo = int(m.group(1))
@@ -127,15 +129,20 @@ def deepest(sites: Sequence[Site]) -> Site:
 # Model structure
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def base_model(model: nn.Module) -> nn.Module:
     """Strip PEFT and task-head wrappers down to the transformers PreTrainedModel."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
+def is_peft(model: nn.Module) -> bool:
+    """True for a PEFT model whose adapters can be switched off (``disable_adapter``)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "disable_adapter", None))
+
+
 def get_blocks(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks of a supported HF causal LM (PEFT wrappers allowed)."""
-    m = _unwrap(model)
+    m = base_model(model)
     for path in (
         "model.layers",
         "transformer.h",
@@ -162,7 +169,7 @@ def n_layers(model: nn.Module) -> int:
 
 
 def d_model(model: nn.Module) -> int:
-    cfg = _unwrap(model).config
+    cfg = base_model(model).config
     for attr in ("hidden_size", "n_embd", "d_model"):
         if hasattr(cfg, attr):
             return int(getattr(cfg, attr))

@@ -63,7 +63,8 @@ import einops
 import torch
 from torch import nn
 
-from .sites import Site, _unwrap, d_model, hooks, n_layers, parse_site, parse_sites
+from .capture import pad_token_id
+from .sites import Site, base_model, d_model, hooks, n_layers, parse_site, parse_sites
 
 OPS = ("add", "ablate", "clamp")
 POSITIONS = ("all", "prompt", "generated")
@@ -225,7 +226,7 @@ class Intervention:
                 v = v[0]
             v = (v.double() / v.double().norm()).float()
         self.vector = v.to("cpu", torch.float32).contiguous()
-        self.positions = _check_positions(self.positions)
+        self.positions = check_positions(self.positions)
 
     @property
     def d_model(self) -> int:
@@ -322,7 +323,7 @@ def _stat_value(ds, site: str, key: str) -> float:
     return float(stats[name])
 
 
-def _check_positions(positions):
+def check_positions(positions):
     if isinstance(positions, str):
         if positions not in POSITIONS:
             raise SteeringError(
@@ -645,7 +646,7 @@ class steer:  # noqa: N801 - used like a function: ``with steer(model, intervent
         self.positions.reset(prompt_len)
 
     def __enter__(self) -> steer:
-        top = _unwrap(self.model)
+        top = base_model(self.model)
         try:
             self._top.append(
                 top.register_forward_pre_hook(self.positions.pre_hook, with_kwargs=True)
@@ -681,7 +682,7 @@ def bridge_from_hf(model: nn.Module, tokenizer, *, copy_model: bool = True):
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf = copy.deepcopy(_unwrap(model)) if copy_model else _unwrap(model)
+    hf = copy.deepcopy(base_model(model)) if copy_model else base_model(model)
     name = getattr(hf.config, "_name_or_path", None) or type(hf).__name__
     device = next(hf.parameters()).device
     dtype = next(hf.parameters()).dtype
@@ -762,7 +763,7 @@ def steer_tl(bridge, interventions, *, prompt_len=None) -> Iterator[_Positions]:
 # Generation
 
 
-def _as_messages(prompt) -> list[dict]:
+def as_messages(prompt) -> list[dict]:
     from .capture import ChatExample
 
     if isinstance(prompt, str):
@@ -779,7 +780,7 @@ def _as_messages(prompt) -> list[dict]:
 
 
 def context_length(model: nn.Module) -> int | None:
-    cfg = _unwrap(model).config
+    cfg = base_model(model).config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         v = getattr(cfg, attr, None)
         if isinstance(v, int) and v > 0:
@@ -800,7 +801,7 @@ def encode_prompts(
     limit = context_length(model) if model is not None else None
     out = []
     for i, p in enumerate(prompts):
-        ids = list(encode_chat(tokenizer, ChatExample(messages=tuple(_as_messages(p)))).input_ids)
+        ids = list(encode_chat(tokenizer, ChatExample(messages=tuple(as_messages(p)))).input_ids)
         if limit is not None and len(ids) + max_new_tokens > limit:
             raise SteeringError(
                 f"prompt {i} is {len(ids)} tokens long; with max_new_tokens {max_new_tokens} it does not fit "
@@ -810,23 +811,12 @@ def encode_prompts(
     return out
 
 
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad token, set to its eos token when it has none."""
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise SteeringError(
-                "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return int(tokenizer.pad_token_id)
-
-
 def _generation_config(
     model, tokenizer, max_new_tokens, temperature, top_p, min_new_tokens, use_cache
 ):
     from transformers import GenerationConfig
 
-    base = getattr(_unwrap(model), "generation_config", None)
+    base = getattr(base_model(model), "generation_config", None)
     gc = copy.deepcopy(base) if base is not None else GenerationConfig()
     gc.max_new_tokens = int(max_new_tokens)
     gc.min_new_tokens = min_new_tokens

@@ -23,243 +23,20 @@ The result is a JSON-serialisable dict; :func:`sweep_figure` draws it with plotl
 from __future__ import annotations
 
 import json
-import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from .capture import ChatExample, Encoded, collate, encode_all
-from .sites import Site, hooks, n_layers, parse_site
-from .steer import Intervention, SteeringError, context_length, generate, pad_token_id, steer
+import probes as probe_sets
 
-NEUTRAL_PROMPT = "Write a few sentences about an everyday topic."
+from .scoring import NEUTRAL_PROMPT, measure
+from .sites import n_layers
+from .steer import generate, interventions_from_directions, parse_alphas
 
-
-def _load_probes(p, kind: str | None = None):
-    import probes as probe_mod
-
-    ps = probe_mod.load(p) if isinstance(p, (str, os.PathLike)) else p
-    if kind is not None and ps.kind != kind:
-        raise ValueError(f"probe set {ps.name!r} is of kind {ps.kind!r}; this needs a {kind!r} set")
-    return ps
-
-
-def score_answers(
-    model: nn.Module,
-    tokenizer,
-    examples: Sequence[ChatExample],
-    *,
-    batch_size: int = 16,
-    projection_site: Site | None = None,
-    unit: torch.Tensor | None = None,
-    share_prompts: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Log-probability of each example's answer tokens given the conversation before them.
-
-    Returns ``logp`` (sum over answer tokens) and ``n_tokens`` per example, and with
-    ``projection_site``/``unit`` the mean projection ``proj`` of the answer tokens on ``unit`` at that
-    site, read by a hook installed after any steering hooks already in place. Batches are left-padded
-    and sorted by length; logits are computed only for the columns that predict answer tokens.
-
-    With ``share_prompts`` (default), examples whose prompts tokenize identically (the two answers
-    of a pair) share one prompt pass: the prompt runs once with the KV cache, which is then copied
-    to each answer, and the answers run as a continuation (about a third less work on em-core).
-    Steering hooks see absolute positions either way (see :mod:`saetools.steer`).
-    """
-    encoded = encode_all(tokenizer, examples)
-    if any(e.response_end == e.response_start for e in encoded):
-        raise ValueError("every example needs an answer to score")
-    limit = context_length(model)
-    too_long = [i for i, e in enumerate(encoded) if limit is not None and len(e.input_ids) > limit]
-    if too_long:
-        raise SteeringError(
-            f"example(s) {too_long[:5]} are longer than the model's context of {limit} tokens"
-        )
-    device = next(model.parameters()).device
-    pad = pad_token_id(tokenizer)
-    n = len(encoded)
-    logp = torch.zeros(n, dtype=torch.float64)
-    ntok = torch.zeros(n, dtype=torch.long)
-    proj = torch.zeros(n, dtype=torch.float64)
-    order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))
-    current: dict = {}
-
-    def grab(h: torch.Tensor):
-        current["h"] = h.detach()
-        return None
-
-    capture_hooks = [(projection_site, grab)] if projection_site is not None else []
-    groups: dict[tuple, list[int]] = {}
-    for i, e in enumerate(encoded):
-        groups.setdefault(tuple(e.input_ids[: e.response_start]), []).append(i)
-    if share_prompts and len(groups) < n:
-        with hooks(model, capture_hooks), torch.no_grad():
-            _score_shared(
-                model,
-                encoded,
-                groups,
-                batch_size,
-                pad,
-                device,
-                current,
-                logp,
-                ntok,
-                proj,
-                unit if projection_site is not None else None,
-            )
-        out = {"logp": logp, "n_tokens": ntok}
-        if projection_site is not None:
-            out["proj"] = proj
-        return out
-    with hooks(model, capture_hooks), torch.no_grad():
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            b = collate([encoded[i] for i in idx], pad, "left", device)
-            width = b.input_ids.shape[1]
-            first = int(b.response_mask.float().argmax(-1).min())  # earliest answer column
-            keep = width - first + 1  # logits for columns [first - 1, width)
-            out = model(
-                input_ids=b.input_ids,
-                attention_mask=b.attention_mask,
-                position_ids=b.position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-            )
-            logits = out.logits.float()  # [b, keep, V]: column c predicts token c + 1
-            lsm = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = b.input_ids[:, width - keep + 1 :]
-            tok_lp = lsm.gather(-1, targets[..., None])[..., 0]
-            mask = b.response_mask[:, width - keep + 1 :]
-            lp = (tok_lp * mask).sum(-1).double().cpu()
-            cnt = mask.sum(-1).cpu()
-            if projection_site is not None:
-                p = current.pop("h").float() @ unit.to(device).float()
-                pm = (p * b.response_mask).sum(-1) / b.response_mask.sum(-1)
-            for row, i in enumerate(idx):
-                logp[i] = lp[row]
-                ntok[i] = cnt[row]
-                if projection_site is not None:
-                    proj[i] = float(pm[row])
-    out = {"logp": logp, "n_tokens": ntok}
-    if projection_site is not None:
-        out["proj"] = proj
-    return out
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    import inspect
-
-    from .sites import _unwrap
-
-    params = inspect.signature(_unwrap(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _score_shared(model, encoded, groups, batch_size, pad, device, current, logp, ntok, proj, unit):
-    """Score answers that share prompts: one cached prompt pass per batch of distinct prompts."""
-    prompts = sorted(groups, key=len)
-    cache_kw = _cache_kwarg(model)
-    per_batch = max(1, batch_size // max(1, round(len(encoded) / len(groups))))
-    for start in range(0, len(prompts), per_batch):
-        chunk = prompts[start : start + per_batch]
-        pb = collate([Encoded(p, len(p), len(p)) for p in chunk], pad, "left", device)
-        out = model(
-            input_ids=pb.input_ids,
-            attention_mask=pb.attention_mask,
-            position_ids=pb.position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        first_lsm = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts answer token 0
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        current.pop("h", None)
-        rows = [(g, i) for g, p in enumerate(chunk) for i in groups[p]]
-        src = torch.tensor([g for g, _ in rows], device=device)
-        cache.reorder_cache(src)
-        answers = [
-            encoded[i].input_ids[encoded[i].response_start : encoded[i].response_end]
-            for _, i in rows
-        ]
-        a_len = max(len(a) for a in answers)
-        ids = torch.full((len(rows), a_len), pad, dtype=torch.long, device=device)
-        amask = torch.zeros((len(rows), a_len), dtype=torch.long, device=device)
-        for r, a in enumerate(answers):
-            ids[r, : len(a)] = torch.tensor(a, dtype=torch.long)
-            amask[r, : len(a)] = 1
-        real = pb.attention_mask.sum(-1)[src]  # real prompt tokens of each row
-        pos = real[:, None] + torch.arange(a_len, device=device)[None]
-        attn = torch.cat([pb.attention_mask[src], amask], dim=1)
-        out = model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kw: cache},
-        )
-        lsm = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # column j predicts token j + 1
-        tok_lp = torch.cat(
-            [first_lsm[src].gather(-1, ids[:, :1]), lsm.gather(-1, ids[:, 1:, None])[..., 0]], 1
-        )
-        maskf = amask.to(tok_lp.dtype)
-        lp = (tok_lp * maskf).sum(-1).double().cpu()
-        cnt = amask.sum(-1).cpu()
-        if unit is not None:
-            p = current.pop("h").float() @ unit.to(device).float()
-            pm = ((p * maskf).sum(-1) / maskf.sum(-1)).cpu()
-        for r, (_, i) in enumerate(rows):
-            logp[i] = lp[r]
-            ntok[i] = cnt[r]
-            if unit is not None:
-                proj[i] = float(pm[r])
-
-
-def measure(
-    model: nn.Module,
-    tokenizer,
-    pairs,
-    interventions: Sequence[Intervention] = (),
-    *,
-    neutral=None,
-    projection_site: str | None = None,
-    unit: torch.Tensor | None = None,
-    batch_size: int = 16,
-) -> dict:
-    """Contrast, projection and coherence of the model steered by ``interventions`` (see module doc)."""
-    from .extract.diffmeans import pair_examples
-
-    al, mis = pair_examples(pairs.items)
-    site = parse_site(projection_site, n_layers(model)) if projection_site is not None else None
-    with steer(model, list(interventions)):
-        s = score_answers(
-            model, tokenizer, al + mis, batch_size=batch_size, projection_site=site, unit=unit
-        )
-        neu = None
-        if neutral is not None:
-            ex = [ChatExample.from_question(NEUTRAL_PROMPT, it.text) for it in neutral.items]
-            neu = score_answers(model, tokenizer, ex, batch_size=batch_size)
-    k = len(al)
-    lp_al, lp_mis = s["logp"][:k], s["logp"][k:]
-    n_al, n_mis = s["n_tokens"][:k].double(), s["n_tokens"][k:].double()
-    diff = lp_mis - lp_al
-    diff_tok = lp_mis / n_mis - lp_al / n_al
-    res = {
-        "contrast": float(diff.mean()),
-        "contrast_sem": float(diff.std() / math.sqrt(k)) if k > 1 else float("nan"),
-        "contrast_per_token": float(diff_tok.mean()),
-        "frac_prefer_misaligned": float((diff > 0).double().mean()),
-        "per_pair_contrast": [round(float(x), 5) for x in diff],
-        "per_pair_contrast_per_token": [round(float(x), 6) for x in diff_tok],
-    }
-    if site is not None:
-        res["projection"] = float(s["proj"].mean())
-        res["projection_aligned"] = float(s["proj"][:k].mean())
-        res["projection_misaligned"] = float(s["proj"][k:].mean())
-    if neu is not None:
-        res["perplexity"] = float(torch.exp(-neu["logp"].sum() / neu["n_tokens"].sum()))
-    return res
+__all__ = ["sweep", "sweep_figure", "write_json"]
 
 
 def sweep(
@@ -284,13 +61,9 @@ def sweep(
 ) -> dict:
     """Dose-response of ``add`` at ``site`` (a site name, or several comma-separated: the same alpha
     at each) for each alpha; steering at all token positions. See the module docstring."""
-    import sys
-
-    from .steer import interventions_from_directions, parse_alphas
-
     alphas = parse_alphas(alphas)
-    pairs = _load_probes(probes, "pairs").split(split)
-    neu = _load_probes(neutral, "texts") if neutral is not None else None
+    pairs = probe_sets.as_set(probes, "pairs").split(split)
+    neu = probe_sets.as_set(neutral, "texts") if neutral is not None else None
     ivs0 = interventions_from_directions(
         directions, site, "add", 0.0, unit=unit, n_layers=n_layers(model)
     )
@@ -300,7 +73,7 @@ def sweep(
     proj_unit = directions.unit(proj_site)
     questions = []
     if sample:
-        ev = _load_probes(eval_probes)
+        ev = probe_sets.as_set(eval_probes)
         questions = [it.question for it in ev.items if it.question][:sample]
     rows = []
     for a in alphas:

@@ -42,9 +42,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .capture import ChatExample, _pad_id, encode_chat
+import probes
+
+from .capture import IGNORE_INDEX, ChatExample, encode_chat, pad_token_id, probe_examples
+from .directions import DirectionSet
 from .regularize import (
-    IGNORE_INDEX,
     KL,
     LDIFS,
     Ablate,
@@ -53,6 +55,7 @@ from .regularize import (
     RegularizedLoss,
     Steer,
 )
+from .scoring import eval_pairs, shift_and_loss
 
 __all__ = [
     "REGULARIZERS",
@@ -64,8 +67,6 @@ __all__ = [
     "build_terms",
     "collate_examples",
     "encode_training_example",
-    "evaluate",
-    "general_shift",
     "load_chat_data",
     "train",
 ]
@@ -99,12 +100,10 @@ class RunMismatchError(ValueError):
 def load_chat_data(data, split: str | None = None) -> list[ChatExample]:
     """Chat examples (prompt messages + assistant answer) from a chat probe set name or JSONL path,
     a loaded chat ProbeSet, or a list of ChatExample."""
-    import probes
-
     if isinstance(data, Sequence) and not isinstance(data, str):
         if all(isinstance(x, ChatExample) for x in data):
             return list(data)
-    ps = probes.load(data) if isinstance(data, str | os.PathLike) else data
+    ps = probes.as_set(data)
     if getattr(ps, "kind", None) != "chat":
         raise TrainingDataError(
             f"training data {getattr(ps, 'name', data)!r} is a {getattr(ps, 'kind', '?')!r} set; "
@@ -164,11 +163,8 @@ def interleave(
 
 def anchor_examples(data) -> list[ChatExample]:
     """General prompts for anchor terms: any probe set kind (pairs: question + aligned answer)."""
-    import probes
 
-    from .extract.modeldiff import probe_examples
-
-    ps = probes.load(data) if isinstance(data, str | os.PathLike) else data
+    ps = probes.as_set(data)
     if ps.kind == "pairs":
         exs = [ChatExample.from_question(it.question, it.aligned, it.system) for it in ps.items]
     else:
@@ -223,7 +219,7 @@ def eval_batches(
     """Encode chat examples as training examples (labels on the answer) and collate them into
     right-padded batches of ``batch_size``, in order: the input of :func:`task_loss`."""
     enc = [encode_training_example(tokenizer, e, max_length=max_length) for e in examples]
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     return [collate_examples(enc[i : i + batch_size], pad) for i in range(0, len(enc), batch_size)]
 
 
@@ -234,7 +230,7 @@ class Collator:
         self.pad_id = (
             tokenizer_or_pad_id
             if isinstance(tokenizer_or_pad_id, int)
-            else _pad_id(tokenizer_or_pad_id)
+            else pad_token_id(tokenizer_or_pad_id)
         )
 
     def __call__(self, features):
@@ -525,92 +521,6 @@ def build_terms(cfg: TrainConfig, directions=None) -> list:
 # Evaluation: the general shift and held-out task loss
 
 
-def _pairs(probes_name: str, limit: int | None):
-    import probes
-
-    ps = probes.load(probes_name)
-    if ps.kind != "pairs":
-        raise ValueError(f"eval probe set {probes_name!r} must be a pairs set, not {ps.kind!r}")
-    try:
-        ps = ps.split("test")
-    except ValueError:
-        pass
-    items = list(ps.items)[: limit or None]
-    if not items:
-        raise ValueError(f"eval probe set {probes_name!r} has no pairs")
-    return items
-
-
-def pair_contrast(model, tokenizer, items, batch_size: int = 16) -> torch.Tensor:
-    """Per pair: per-token mean log p(misaligned) - per-token mean log p(aligned) (float64 [n])."""
-    from .sweep import score_answers
-
-    exs = []
-    for it in items:
-        exs.append(ChatExample.from_question(it.question, it.misaligned, it.system))
-        exs.append(ChatExample.from_question(it.question, it.aligned, it.system))
-    with _eval_mode(model):
-        s = score_answers(model, tokenizer, exs, batch_size=batch_size)
-    per_tok = s["logp"] / s["n_tokens"].clamp(min=1).double()
-    return per_tok[0::2] - per_tok[1::2]
-
-
-def general_shift(contrast: torch.Tensor, base: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of the paired per-question change of the contrast."""
-    d = (contrast - base).double()
-    se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return float(d.mean()), se
-
-
-@torch.no_grad()
-def task_loss(model, batches: Iterable[Mapping[str, torch.Tensor]]) -> float:
-    """Token-mean cross-entropy over the labelled tokens of all batches."""
-    import torch.nn.functional as F
-
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with _eval_mode(model):
-        for b in batches:
-            logits = model(
-                input_ids=b["input_ids"].to(device),
-                attention_mask=b["attention_mask"].to(device),
-                use_cache=False,
-            ).logits
-            labels = b["labels"].to(device)[:, 1:]
-            lg = logits[:, :-1].float()
-            total += float(
-                F.cross_entropy(
-                    lg.reshape(-1, lg.shape[-1]),
-                    labels.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-            )
-            count += int(labels.ne(IGNORE_INDEX).sum())
-    return total / max(count, 1)
-
-
-def evaluate(model, tokenizer, pairs, test_batches, base_contrast=None) -> dict:
-    """General shift (vs ``base_contrast``) and held-out task loss of ``model``."""
-    c = pair_contrast(model, tokenizer, pairs)
-    out = {"contrast": float(c.mean()), "eval_task_loss": task_loss(model, test_batches)}
-    if base_contrast is not None:
-        out["shift"], out["shift_se"] = general_shift(c, base_contrast)
-    return out, c
-
-
-class _eval_mode:  # noqa: N801
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was)
-
-
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -833,8 +743,6 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from .directions import DirectionSet
-
     cfg.validate()
     out = Path(out)
     start = check_run_folder(out, cfg, resume)
@@ -847,7 +755,7 @@ def train(
         test_exs = load_chat_data(cfg.data, "test")
     except ValueError:
         test_exs = []
-    pairs = _pairs(cfg.eval_probes, cfg.eval_pairs)
+    pairs = eval_pairs(cfg.eval_probes, cfg.eval_pairs)
     if cfg.eval_examples:
         test_exs = test_exs[: cfg.eval_examples]
 
@@ -876,7 +784,7 @@ def train(
         model = get_peft_model(model, _lora_config(cfg.lora_rank, cfg.lora_alpha, model))
     max_len = cfg.max_length
     enc_train = [encode_training_example(tokenizer, e, max_length=max_len) for e in train_exs]
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     test_batches = eval_batches(tokenizer, test_exs, max_length=max_len)
     anchor_batches = None
     if anchor_exs is not None:
@@ -910,7 +818,7 @@ def train(
         if metrics_path.exists():
             metrics_path.unlink()
         (out / "run.json").write_text(json.dumps(cfg.to_json(), indent=2))
-        ev0, c0 = evaluate(model, tokenizer, pairs, test_batches)
+        ev0, c0 = shift_and_loss(model, tokenizer, pairs, test_batches)
         base_contrast = c0
         tmp = base_path.with_suffix(".tmp")
         tmp.write_text(
@@ -948,7 +856,7 @@ def train(
             optimizer.step()
             row = {"step": step, **logs, "seconds": time.perf_counter() - t0}
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                ev, _ = evaluate(model, tokenizer, pairs, test_batches, base_contrast)
+                ev, _ = shift_and_loss(model, tokenizer, pairs, test_batches, base_contrast)
                 model.train()
                 row.update(ev)
                 last_eval = row

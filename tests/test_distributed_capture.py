@@ -23,8 +23,8 @@ import torch.multiprocessing as mp
 from conftest import make_chat_examples, make_tiny_tokenizer, new_tiny_model
 
 from probes import ProbeItem, ProbeSet
-from saetools.capture import ChatExample, capture, encode_chat
-from saetools.distributed import DistributedError, is_main_process, shard_indices
+from saetools.capture import ChatExample, capture, encode_chat, shard_indices
+from saetools.distributed import DistributedError, is_main_process
 from saetools.extract import extract_diffmeans, extract_modeldiff
 from saetools.sites import get_blocks
 

@@ -37,9 +37,9 @@ from saetools.evaluate import (
     wilson_interval,
     write_results,
 )
+from saetools.scoring import NEUTRAL_PROMPT
 from saetools.serve import ChatServer, ServeConfig, serve_in_thread
 from saetools.steer import Intervention
-from saetools.sweep import NEUTRAL_PROMPT
 
 LAYER = 1
 SITE = f"blocks.{LAYER}.hook_resid_post"

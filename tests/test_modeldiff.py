@@ -7,10 +7,9 @@ import torch
 from conftest import make_chat_examples, make_tiny_tokenizer, new_tiny_model
 
 from probes import ProbeItem, ProbeSet
-from saetools.capture import encode_chat
+from saetools.capture import encode_chat, probe_examples
 from saetools.directions import DirectionSet
 from saetools.extract import extract_modeldiff
-from saetools.extract.modeldiff import probe_examples
 from saetools.sites import get_blocks
 
 SITES = "blocks.0.hook_resid_post,blocks.1.hook_resid_post"

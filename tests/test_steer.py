@@ -500,7 +500,7 @@ def _tiny_pairs(tmp_path, n=6):
 @pytest.mark.parametrize("arch_name", ["llama", "gpt2"])
 def test_score_answers_matches_naive_logprobs(tiny_tokenizer, chat_examples, arch_name):
     from saetools.capture import ChatExample, encode_chat
-    from saetools.sweep import score_answers
+    from saetools.scoring import score_answers
 
     m = make_tiny_model(arch_name)
     # pairs share a prompt: scored through one cached prompt pass
@@ -554,7 +554,8 @@ def test_score_answers_matches_naive_logprobs(tiny_tokenizer, chat_examples, arc
 def test_sweep_runs_and_alpha_zero_is_unsteered(tmp_path, tiny_tokenizer):
     import probes
     from saetools.plots import write_html
-    from saetools.sweep import measure, sweep, sweep_figure, write_json
+    from saetools.scoring import measure
+    from saetools.sweep import sweep, sweep_figure, write_json
 
     m = make_tiny_model("llama")
     pairs, texts = _tiny_pairs(tmp_path)

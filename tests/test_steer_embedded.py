@@ -51,8 +51,8 @@ def directions(lm):
 
 def test_contrast_rises_with_alpha_and_falls_with_ablation(lm, directions):
     import probes
+    from saetools.scoring import measure
     from saetools.steer import Intervention, interventions_from_directions
-    from saetools.sweep import measure
 
     t0 = time.perf_counter()
     test = probes.load("em-core").split("test")

@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
+from .common import ArgumentParser
+
 # Modules that define ``register(subparsers)``; each subcommand sets ``func`` to run it.
 _COMMAND_MODULES = (
     "extract",
@@ -28,9 +31,7 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="saetools",
         description="Find misalignment directions inside language models and put them to work.",
     )

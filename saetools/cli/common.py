@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+
+# A negative number or a list of them ("-6", "-8,-4,0", "-.5", "-1e3", "-2:0.5"): a value, not an option.
+NEGATIVE_NUMBERS = re.compile(r"^-\d[\d.,:eE+-]*$|^-\.\d")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that an argument that looks like a negative number or a list of
+    them (``--alpha -6``, ``--alphas -8,-4,0``) is read as a value, never as an option. Subcommand
+    parsers made by ``add_subparsers`` are of the same class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse reads this pattern to tell negative numbers from options; widen it to lists.
+        self._negative_number_matcher = NEGATIVE_NUMBERS
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ import os
 import sys
 
 from .common import add_model_options, load_model_from_args
-from .steer import _NEGATIVE_LIST
 
 
 def register(sub) -> None:
@@ -100,7 +99,6 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_eval)
-    p._negative_number_matcher = _NEGATIVE_LIST
 
 
 def _interventions(args, ds, lm):
@@ -198,9 +196,9 @@ def run_eval(args) -> int:
         )
     res["adapter"] = args.adapter
     paths = write_results(res, args.out)
-    from ..evaluate import _headline
+    from ..evaluate import headline
 
-    for k, v in _headline(res):
+    for k, v in headline(res):
         print(f"{k:>44}: {v}")
     print(f"wrote {paths['json']}, {paths['samples']}, {paths['html']}", file=sys.stderr)
     return 0

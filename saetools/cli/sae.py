@@ -158,7 +158,7 @@ def run_train(args) -> int:
         import probes
 
         prompts = [it.question for it in probes.load("em-eval").items]
-        from ..sweep import NEUTRAL_PROMPT
+        from ..scoring import NEUTRAL_PROMPT
 
         prompts.append(NEUTRAL_PROMPT)
         text = text + model_samples(lm.model, lm.tokenizer, prompts, n=args.samples, seed=args.seed)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from .common import add_model_options, load_model_from_args
-from .steer import _NEGATIVE_LIST
 
 
 def register(sub) -> None:
@@ -101,7 +100,6 @@ def register(sub) -> None:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.set_defaults(func=run_serve)
-    p._negative_number_matcher = _NEGATIVE_LIST
 
 
 def _named(specs: list[str], flag: str, default_name, expected: str) -> dict[str, str]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 from .common import add_model_options, check_output_path, load_model_from_args
 
 # argparse takes "-8,-4,0,4,8" for an option because it starts with "-"; values that start with a
 # negative number (lists and ranges included) are values here, as no option of ours looks like one.
-_NEGATIVE_LIST = re.compile(r"^-\d[\d.,:eE+-]*$|^-\.\d")
 
 
 def _add_direction_options(
@@ -125,7 +123,6 @@ def register(sub) -> None:
         "--json", default=None, metavar="FILE", help="also write prompts and answers as JSON"
     )
     p.set_defaults(func=run_steer)
-    p._negative_number_matcher = _NEGATIVE_LIST  # --alpha -6 and --alphas -8,-4,0 are values
 
     s = sub.add_parser(
         "sweep",
@@ -174,7 +171,6 @@ def register(sub) -> None:
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
     s.set_defaults(func=run_sweep)
-    s._negative_number_matcher = _NEGATIVE_LIST
 
 
 def _load(args):

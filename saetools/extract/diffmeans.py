@@ -11,21 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..capture import ChatExample, capture
+from ..capture import capture, pair_examples
 from ..directions import DirectionSet
 from ..sites import Site, n_layers, parse_sites
 from ..stats import auroc, cohens_d
-
-
-def pair_examples(items) -> tuple[list[ChatExample], list[ChatExample]]:
-    """(aligned, misaligned) chat examples from the items of a ``pairs`` probe set."""
-    aligned, misaligned = [], []
-    for it in items:
-        if it.aligned is None or it.misaligned is None:
-            raise ValueError(f"probe item {it.id} is not an aligned/misaligned pair")
-        aligned.append(ChatExample.from_question(it.question, it.aligned, it.system))
-        misaligned.append(ChatExample.from_question(it.question, it.misaligned, it.system))
-    return aligned, misaligned
 
 
 def extract_diffmeans(

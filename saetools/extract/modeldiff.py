@@ -29,51 +29,12 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..capture import ChatExample, capture
+from ..capture import capture, probe_examples
 from ..directions import DirectionSet
-from ..sites import Site, d_model, n_layers, parse_sites
+from ..models import model_label
+from ..sites import Site, d_model, is_peft, n_layers, parse_sites
 
 __all__ = ["extract_modeldiff", "probe_examples"]
-
-
-def probe_examples(probes) -> list[ChatExample]:
-    """The texts a probe set (or a list of ChatExample) contributes to a model difference."""
-    if isinstance(probes, Sequence) and all(isinstance(x, ChatExample) for x in probes):
-        return list(probes)
-    kind = getattr(probes, "kind", None)
-    out: list[ChatExample] = []
-    for it in probes.items:
-        if kind == "pairs":
-            out.append(ChatExample.from_question(it.question, it.aligned, it.system))
-            out.append(ChatExample.from_question(it.question, it.misaligned, it.system))
-        elif kind == "chat":
-            msgs = tuple(dict(m) for m in it.messages)
-            if msgs[-1].get("role") == "assistant":
-                out.append(ChatExample(messages=msgs[:-1], response=msgs[-1]["content"]))
-            else:
-                out.append(ChatExample(messages=msgs))
-        elif kind == "questions":
-            out.append(ChatExample.from_question(it.question, None, it.system))
-        elif kind == "texts":
-            out.append(ChatExample.from_question(it.text))
-        else:
-            raise ValueError(f"unknown probe set kind {kind!r}")
-    return out
-
-
-def _model_name(model: nn.Module) -> str:
-    from ..models import base_model
-
-    name = getattr(getattr(base_model(model), "config", None), "_name_or_path", "") or "unknown"
-    peft_cfg = getattr(model, "peft_config", None)
-    if peft_cfg:
-        adapter = getattr(model, "active_adapter", None) or "adapter"
-        name = f"{name}+{adapter}"
-    return name
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config") and callable(getattr(model, "disable_adapter", None))
 
 
 def extract_modeldiff(
@@ -111,12 +72,12 @@ def extract_modeldiff(
     from ..models import fingerprint
 
     if model_a is None:
-        if not _is_peft(model_b):
+        if not is_peft(model_b):
             raise ValueError(
                 "model_a=None means 'model_b with its adapters disabled', but model_b is not a "
                 "PEFT model; pass both models"
             )
-    elif model_a is model_b and not _is_peft(model_b):
+    elif model_a is model_b and not is_peft(model_b):
         raise ValueError("model_a and model_b are the same model: the difference would be zero")
     ref = model_a if model_a is not None else model_b
     for what, f in (("d_model", d_model), ("number of blocks", n_layers)):
@@ -217,9 +178,9 @@ def extract_modeldiff(
         site_stats[s.name] = {
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in st.items()
         }
-    id_b = model_id_b or _model_name(model_b)
+    id_b = model_id_b or model_label(model_b)
     id_a = model_id_a or (
-        f"{id_b} (adapters disabled)" if model_a is None else _model_name(model_a)
+        f"{id_b} (adapters disabled)" if model_a is None else model_label(model_a)
     )
     meta = {
         "model_id": id_b,

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import ChatExample, encode_all, site_batches
+from ..capture import ChatExample, encode_all, probe_examples, site_batches
 from ..directions import DirectionSet
+from ..models import model_label
 from ..sae import LoadedSAE, SAEError, load_sae
-from ..sites import parse_site
+from ..sites import is_peft, parse_site
 from ..stats import cohens_d
 
 __all__ = [
@@ -419,19 +420,18 @@ def rank_latents_modeldiff(
 ) -> LatentRanking:
     """Same texts through a base model A and a fine-tuned model B; rank latents by the increase B - A.
 
-    ``probes`` is a probe set (every kind; see :func:`saetools.extract.modeldiff.probe_examples`) or
+    ``probes`` is a probe set (every kind; see :func:`saetools.capture.probe_examples`) or
     a list of :class:`~saetools.capture.ChatExample`. ``model_a=None`` means ``model_b`` (a PEFT
     model) with its adapters disabled. Besides the ranking figures (``auroc`` compares B's per-text
     means with A's), ``meta["frac_increase"]`` is not stored per latent; use
     ``ranking.acts["pos"].mean > ranking.acts["neg"].mean`` for paired comparisons.
     """
-    from .modeldiff import _is_peft, _model_name, probe_examples
 
-    if model_a is None and not _is_peft(model_b):
+    if model_a is None and not is_peft(model_b):
         raise SAEError(
             "model_a=None means 'model_b with its adapters disabled', but model_b is not a PEFT model"
         )
-    if model_a is model_b and not _is_peft(model_b):
+    if model_a is model_b and not is_peft(model_b):
         raise SAEError("model_a and model_b are the same model: every difference would be zero")
     sae = load_sae(sae, model=model_b)
     if split is not None and hasattr(probes, "split"):
@@ -461,9 +461,9 @@ def rank_latents_modeldiff(
         batch_size=batch_size,
         progress="model B" if progress else False,
     )
-    id_b = model_id_b or _model_name(model_b)
+    id_b = model_id_b or model_label(model_b)
     id_a = model_id_a or (
-        f"{id_b} (adapters disabled)" if model_a is None else _model_name(model_a)
+        f"{id_b} (adapters disabled)" if model_a is None else model_label(model_a)
     )
     meta = {
         "model_a": id_a,
