@@ -422,7 +422,7 @@ def test_a_prompt_may_fill_the_context_when_one_token_is_asked(server):
 
 
 def test_special_tokens_take_no_room_in_text_offsets():
-    from saetools.serve import _legacy_logprobs
+    from saetools.serve.completions import _legacy_logprobs
 
     def entry(token, lp):
         return {"token": token, "logprob": lp, "bytes": [], "top_logprobs": []}
