@@ -22,7 +22,9 @@ import torch
 
 import probes
 from saetools.extract.diffmeans import extract_diffmeans
-from saetools.extract.sae import directions_from_latents, latent_report, rank_latents
+from saetools.extract.latent_directions import directions_from_latents
+from saetools.extract.latent_report import latent_report
+from saetools.extract.latents import rank_latents
 from saetools.models import load_model
 from saetools.plots import write_html
 from saetools.sae import TrainConfig, collect_activations, local_text, train_sae_on_activations

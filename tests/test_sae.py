@@ -17,12 +17,12 @@ from conftest import hook_snapshot, make_tiny_model, make_tiny_tokenizer, new_ti
 import probes
 from saetools.cli import main
 from saetools.directions import DirectionSet
-from saetools.extract.sae import (
+from saetools.extract.latent_directions import directions_from_latents
+from saetools.extract.latent_report import latent_report
+from saetools.extract.latents import (
     auroc_columns,
-    directions_from_latents,
     latent_activations,
     latent_activations_from_tensors,
-    latent_report,
     rank_from_activations,
     rank_latents,
     rank_latents_modeldiff,

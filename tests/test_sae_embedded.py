@@ -20,11 +20,8 @@ import probes
 from saetools.capture import capture, encode_all
 from saetools.directions import DirectionSet
 from saetools.extract.diffmeans import pair_examples
-from saetools.extract.sae import (
-    directions_from_latents,
-    latent_activations_from_tensors,
-    rank_from_activations,
-)
+from saetools.extract.latent_directions import directions_from_latents
+from saetools.extract.latents import latent_activations_from_tensors, rank_from_activations
 from saetools.models import load_model
 from saetools.sae import TrainConfig, distinct_positions, load_sae, train_sae_on_activations
 

@@ -124,7 +124,7 @@ def load_sae_from_args(args, model):
 def run_train(args) -> int:
     from pathlib import Path
 
-    from ..sae import SAEError, TrainConfig, local_text, model_samples, train_sae
+    from ..sae import SAEError, SAETrainConfig, local_text, model_samples, train_sae
 
     out = Path(args.out)
     if not out.parent.exists():
@@ -135,7 +135,7 @@ def run_train(args) -> int:
         raise SAEError(f"cannot write SAE folder {out}: it is a file")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise SAEError(f"{out} is not empty; choose another folder or pass --overwrite")
-    cfg = TrainConfig(
+    cfg = SAETrainConfig(
         site=args.site,
         architecture=args.architecture,
         d_sae=args.d_sae,
@@ -189,7 +189,8 @@ def run_train(args) -> int:
 def run_latents(args) -> int:
     import probes
 
-    from ..extract.sae import latent_report, rank_latents, rank_latents_modeldiff
+    from ..extract.latent_report import latent_report
+    from ..extract.latents import rank_latents, rank_latents_modeldiff
     from ..plots import write_html
 
     html = check_output_path(args.out, "report")
