@@ -11,7 +11,8 @@ import sys
 
 
 def main(argv=None, *, model_factory=None) -> int:
-    from saetools.defenses import BenchmarkError, add_arguments, run_from_args
+    from saetools.cli.bench import add_arguments, run_from_args
+    from saetools.defenses import BenchmarkError
 
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter

@@ -1,0 +1,99 @@
+"""The report of a benchmark folder: ``table.md`` (:mod:`.table`) and the Pareto figure
+``defenses.html`` (general-shift reduction against task learning), written after every call, or
+from every finished run in the folder by :func:`write_report` (``--report-only``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..plots import write_html
+from .config import BenchmarkConfig, BenchmarkError
+from .folder import load_config, read_results
+from .summary import summarize
+from .table import table_markdown
+
+PARETO_PANELS = (
+    ("benign_loss", "opswap held-out loss (lower: learned)"),
+    ("opswap_accuracy", "opswap exact-match accuracy"),
+    ("narrow_loss", "narrow held-out loss (lower: learned)"),
+)
+
+
+def pareto_figure(table: Sequence[dict]):
+    """General-shift reduction (x) against the benign task (opswap held-out loss; exact-match
+    accuracy) and the narrow task (held-out loss), one panel each: one trace per method and
+    direction variant, its strengths as labelled points, error bars ± one standard error."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=len(PARETO_PANELS),
+        subplot_titles=[title for _, title in PARETO_PANELS],
+        horizontal_spacing=0.06,
+    )
+    groups: dict[str, list[dict]] = {}
+    for r in table:
+        name = (
+            r["method"] if r["source"] == "-" else f"{r['method']} ({r['source']} @ {r['sites']})"
+        )
+        groups.setdefault(name, []).append(r)
+    palette = (
+        "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
+        "#393b79 #637939 #8c6d31 #843c39 #7b4173"
+    ).split()
+    for i, (name, rs) in enumerate(groups.items()):
+        rs = sorted(rs, key=lambda r: r["strength"])
+        color = palette[i % len(palette)]
+        for col, (key, _) in enumerate(PARETO_PANELS, 1):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["reduction_pct"] for r in rs],
+                    y=[r[key] for r in rs],
+                    error_x=dict(type="data", array=[r["reduction_pct_se"] or 0 for r in rs]),
+                    error_y=dict(type="data", array=[r[key + "_se"] or 0 for r in rs]),
+                    text=[f"{r['strength']:g}" for r in rs],
+                    mode="lines+markers+text",
+                    textposition="top center",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line=dict(color=color),
+                    marker=dict(color=color),
+                ),
+                row=1,
+                col=col,
+            )
+            fig.update_xaxes(title_text="general-shift reduction vs none (%)", row=1, col=col)
+    fig.update_layout(
+        title="Defenses: reduction of the general shift against task learning "
+        "(mean ± se over seeds; labels: strength)",
+        height=620,
+        width=1700,
+    )
+    return fig
+
+
+def write_report(out: str | os.PathLike, *, include_plotlyjs: bool | str = True) -> dict:
+    """Rewrite ``table.md`` and ``defenses.html`` of a benchmark folder from *every* finished run in
+    its ``results.jsonl`` (also runs of earlier calls with other methods or direction variants);
+    runs nothing. ``include_plotlyjs="cdn"`` writes a small HTML that loads plotly.js online."""
+    out = Path(out)
+    cfg = load_config(out)
+    rows = read_results(out / "results.jsonl")
+    if not any(r.get("final") for r in rows):
+        raise BenchmarkError(f"{out / 'results.jsonl'} holds no finished run")
+    table = write_outputs(out, rows, cfg, include_plotlyjs)
+    return {"table": str(out / "table.md"), "html": str(out / "defenses.html"), "rows": table}
+
+
+def write_outputs(
+    out: Path, rows: Sequence[dict], cfg: BenchmarkConfig, include_plotlyjs: bool | str
+) -> list[dict]:
+    """Summarize ``rows`` into ``table.md`` and the Pareto figure ``defenses.html``."""
+    table = summarize(rows)
+    (out / "table.md").write_text(table_markdown(table, cfg))
+    write_html(pareto_figure(table), out / "defenses.html", include_plotlyjs=include_plotlyjs)
+    return table
