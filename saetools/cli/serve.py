@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -95,6 +96,27 @@ def register(sub) -> None:
         default=1024,
         help="most rows waiting for the model; a request beyond it gets 429 (0: unbounded)",
     )
+    s.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=65536,
+        help="most work one request may ask for: the prompt tokens plus max_tokens of every "
+        "choice, tokens with returned logprobs counting 1 + their alternatives; more is a 400 "
+        "(0: unbounded)",
+    )
+    s.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest request body; a larger one gets 413 before it is parsed (0: unbounded)",
+    )
+    s.add_argument(
+        "--max-steer-magnitude",
+        type=float,
+        default=1e6,
+        help="largest steering a request (or the default steering) may ask for: |alpha| x "
+        "|vector| of add, |value| of clamp, SAE latent clamp values",
+    )
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -139,6 +161,16 @@ def _direction_files(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def _log_to_stderr(level: str) -> None:
+    """The server's own log (failures with their request ids, start-up warnings) on stderr."""
+    log = logging.getLogger("saetools.serve")
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(h)
+    log.setLevel(level.upper())
+
+
 def run_serve(args) -> int:
     import torch
 
@@ -152,8 +184,15 @@ def run_serve(args) -> int:
         raise SteeringError("--site needs a --directions file to take the vectors from")
     if args.site and args.op == "clamp" and args.value is None:
         raise SteeringError("--op clamp needs --value")
-    if args.max_queue < 0:
-        raise ValueError("--max-queue must be >= 0 (0: unbounded)")
+    for name, val in (
+        ("--max-queue", args.max_queue),
+        ("--max-request-tokens", args.max_request_tokens),
+        ("--max-body-bytes", args.max_body_bytes),
+    ):
+        if val < 0:
+            raise ValueError(f"{name} must be >= 0 (0: unbounded)")
+    if not 0 < args.max_steer_magnitude < float("inf"):
+        raise ValueError("--max-steer-magnitude must be a positive finite number")
     for name, val in (("--max-batch", args.max_batch), ("--max-n", args.max_n)):
         if val < 1:
             raise ValueError(f"{name} must be >= 1")
@@ -216,7 +255,11 @@ def run_serve(args) -> int:
         max_n=args.max_n,
         max_queue=args.max_queue or None,
         api_key=args.api_key or None,
+        max_request_tokens=args.max_request_tokens or None,
+        max_body_bytes=args.max_body_bytes or None,
+        max_steer_magnitude=args.max_steer_magnitude,
     )
+    _log_to_stderr(args.log_level)
     server = ChatServer(
         lm.model,
         lm.tokenizer,
