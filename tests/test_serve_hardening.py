@@ -161,6 +161,14 @@ def test_steering_beyond_the_magnitude_bound_is_refused_up_front(server):
     assert ok.status_code == 200, ok.text
 
 
+def test_a_default_steering_beyond_the_bound_is_refused_at_start_up():
+    from saetools.steer import Intervention
+
+    iv = Intervention(SITE, _vec(1), "add", alpha=1e300)  # what `serve --alpha 1e300` builds
+    with pytest.raises(ValueError, match="max-steer-magnitude"):
+        ChatServer(new_tiny_model("llama"), make_tiny_tokenizer(), default_steering=[iv])
+
+
 # ---------------------------------------------------------------------------- one row fails alone
 
 

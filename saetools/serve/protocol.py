@@ -250,7 +250,9 @@ def json_depth(obj, stop: int) -> int:
         if d > stop:
             break
         items = x.values() if isinstance(x, dict) else x
-        stack.extend((c, d + 1) for c in items if isinstance(c, (dict, list)))
+        kinds = set(map(type, items))  # at C speed: most lists hold only numbers or strings
+        if dict in kinds or list in kinds:
+            stack.extend((c, d + 1) for c in items if isinstance(c, (dict, list)))
     return deepest
 
 
