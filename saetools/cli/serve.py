@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def register(sub) -> None:
         help="default clamp of the first --sae's latents (repeat, or 123=0,456=5), for requests "
         "with neither saetools.steer nor saetools.clamp",
     )
+    _add_server_options(p)
+    _add_limit_options(p)
+    p.set_defaults(func=run_serve)
+
+
+def _add_server_options(p) -> None:
+    """Where to listen, who may ask, how rows are batched, logging."""
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000)
@@ -88,6 +96,15 @@ def register(sub) -> None:
         default=512,
         help="max_tokens for requests that give none (capped by the context)",
     )
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def _add_limit_options(p) -> None:
+    """What one request may cost (docs/serve.md, "Limits")."""
+    s = p.add_argument_group("limits per request (see docs/serve.md, Limits)")
     s.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
     s.add_argument(
         "--max-queue",
@@ -95,11 +112,27 @@ def register(sub) -> None:
         default=1024,
         help="most rows waiting for the model; a request beyond it gets 429 (0: unbounded)",
     )
-    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--max-request-tokens",
+        type=int,
+        default=65536,
+        help="most work one request may ask for: the prompt tokens plus max_tokens of every "
+        "choice, tokens with returned logprobs counting 1 + their alternatives; more is a 400 "
+        "(0: unbounded)",
     )
-    p.set_defaults(func=run_serve)
+    s.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest request body; a larger one gets 413 before it is parsed (0: unbounded)",
+    )
+    s.add_argument(
+        "--max-steer-magnitude",
+        type=float,
+        default=1e6,
+        help="largest steering a request (or the default steering) may ask for: |alpha| x "
+        "|vector| of add, |value| of clamp, SAE latent clamp values",
+    )
 
 
 def _named(specs: list[str], flag: str, default_name, expected: str) -> dict[str, str]:
@@ -139,11 +172,59 @@ def _direction_files(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def _check_numbers(args) -> None:
+    """Refuse server settings out of their range before loading anything."""
+    for name, val in (
+        ("--max-queue", args.max_queue),
+        ("--max-request-tokens", args.max_request_tokens),
+        ("--max-body-bytes", args.max_body_bytes),
+    ):
+        if val < 0:
+            raise ValueError(f"{name} must be >= 0 (0: unbounded)")
+    if not 0 < args.max_steer_magnitude < float("inf"):
+        raise ValueError("--max-steer-magnitude must be a positive finite number")
+    for name, val in (("--max-batch", args.max_batch), ("--max-n", args.max_n)):
+        if val < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if args.default_max_tokens < 1:
+        raise ValueError("--default-max-tokens must be >= 1")
+
+
+def _config(args, model_id: str):
+    """The server's settings from the command line (``model_id``: the loaded model's id)."""
+    from ..serve import ServeConfig
+
+    name = args.served_model_name or model_id
+    return ServeConfig(
+        model_name=name,
+        aliases=tuple(a for a in (args.model, "default") if a != name),
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        default_max_tokens=args.default_max_tokens,
+        max_n=args.max_n,
+        max_queue=args.max_queue or None,
+        api_key=args.api_key or None,
+        max_request_tokens=args.max_request_tokens or None,
+        max_body_bytes=args.max_body_bytes or None,
+        max_steer_magnitude=args.max_steer_magnitude,
+    )
+
+
+def _log_to_stderr(level: str) -> None:
+    """The server's own log (failures with their request ids, start-up warnings) on stderr."""
+    log = logging.getLogger("saetools.serve")
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(h)
+    log.setLevel(level.upper())
+
+
 def run_serve(args) -> int:
     import torch
 
     from ..directions import DirectionSet
-    from ..serve import ChatServer, ServeConfig, serve
+    from ..serve import ChatServer, serve
     from ..steer import SteeringError, interventions_from_directions, parse_site_alphas
 
     files = _direction_files(args.directions)
@@ -152,13 +233,7 @@ def run_serve(args) -> int:
         raise SteeringError("--site needs a --directions file to take the vectors from")
     if args.site and args.op == "clamp" and args.value is None:
         raise SteeringError("--op clamp needs --value")
-    if args.max_queue < 0:
-        raise ValueError("--max-queue must be >= 0 (0: unbounded)")
-    for name, val in (("--max-batch", args.max_batch), ("--max-n", args.max_n)):
-        if val < 1:
-            raise ValueError(f"{name} must be >= 1")
-    if args.default_max_tokens < 1:
-        raise ValueError("--default-max-tokens must be >= 1")
+    _check_numbers(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     sae_specs = _sae_specs(args.sae)
@@ -205,18 +280,9 @@ def run_serve(args) -> int:
         default = list(default) + [
             LatentClamp(first, list(clamps), list(clamps.values()), positions=args.positions)
         ]
-    name = args.served_model_name or lm.model_id
-    aliases = tuple(a for a in (args.model, "default") if a != name)
-    config = ServeConfig(
-        model_name=name,
-        aliases=aliases,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        default_max_tokens=args.default_max_tokens,
-        max_n=args.max_n,
-        max_queue=args.max_queue or None,
-        api_key=args.api_key or None,
-    )
+    config = _config(args, lm.model_id)
+    name = config.model_name
+    _log_to_stderr(args.log_level)
     server = ChatServer(
         lm.model,
         lm.tokenizer,

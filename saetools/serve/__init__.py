@@ -15,11 +15,15 @@ Three pieces, usable alone:
 
 Modules, bottom to top:
 
-* ``protocol``: parsing and validating request bodies into typed requests, every request limit
+* ``protocol``: parsing and validating request bodies into typed requests, the server's settings
   (:class:`ServeConfig`), :class:`APIError`, :class:`SamplingParams`.
+* ``limits``: what one request may cost (body size, work per request, steering magnitudes, the
+  worker's queue) and the checks that hold it to that.
+* ``middleware``: request ids (``x-request-id``) and the logged, generic 500.
 * ``steering``: the ``saetools`` field turned into interventions per request (``Steering``), and a
   batch's interventions applied row by row (``SteerPlan``).
-* ``engine``: :class:`Engine`, its rows and batches, sampling and logprobs.
+* ``sampling``: choosing each row's token and reporting logprobs from a batch's logits.
+* ``engine``: :class:`Engine`, its rows and batches, the worker loop, a row's failure kept to it.
 * ``responses``: response bodies both endpoints share (usage, SSE lines, collecting events) and
   the chat completion layout.
 * ``completions``: the legacy ``/v1/completions`` layout (text offsets, logprob maps).

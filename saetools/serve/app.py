@@ -4,7 +4,9 @@ steering (:mod:`.steering`) and the model's worker (:mod:`.engine`) into a FastA
 background thread.
 
 Tokenization through the chat template runs in its own thread, with its own tokenizer copy; the
-event loop only awaits queues and never runs the model.
+event loop only awaits queues and never runs the model. Bodies are read against
+``max_body_bytes`` and requests checked against the limits of :mod:`.limits`; every request gets
+an id (:mod:`.middleware`); a non-streaming request whose client disconnects stops its rows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -26,12 +30,13 @@ from ..capture import ChatExample, encode_chat
 from ..steer import Intervention
 from .completions import text_completion, text_events
 from .engine import Engine, EngineRequest
+from .limits import admit, check_work, read_body
+from .middleware import RequestIds, internal_error, request_id_of
 from .protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
     ServeConfig,
-    admit,
     bad_request,
     check_completion_context,
     check_prompt_tokens,
@@ -40,8 +45,12 @@ from .protocol import (
     parse_chat,
     parse_completion,
 )
-from .responses import chat_completion, chat_events, collect, response_base
+from .responses import Collected, chat_completion, chat_events, collect, response_base
 from .steering import Steering
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks that its client is still there
 
 
 class ChatServer:
@@ -137,6 +146,7 @@ class ChatServer:
                 f"could not format the messages with the chat template: {e}", "messages"
             ) from None
         fit_chat_context(req, len(ids), self.engine.context_length, self.config.default_max_tokens)
+        check_work(req, [len(ids)], self.config)
         return req, ids
 
     async def prepare_completion(
@@ -148,6 +158,7 @@ class ChatServer:
         loop = asyncio.get_running_loop()
         ids, texts = await loop.run_in_executor(self._tok_pool, self._encode_prompts, req.prompts)
         check_completion_context(req, ids, self.engine.context_length)
+        check_work(req, [len(p) for p in ids], self.config)
         return req, ids, texts
 
     def admit(self, req: ChatRequest | CompletionRequest) -> None:
@@ -157,7 +168,10 @@ class ChatServer:
 
     # ---------------------------------------------------------------- responses
     def _submit(
-        self, req: ChatRequest | CompletionRequest, ids: list[list[int]]
+        self,
+        req: ChatRequest | CompletionRequest,
+        ids: list[list[int]],
+        request_id: str | None = None,
     ) -> tuple[list[EngineRequest], asyncio.Queue]:
         """Queue ``n`` rows per prompt; events arrive with choice index ``prompt * n + j``."""
         loop = asyncio.get_running_loop()
@@ -176,22 +190,44 @@ class ChatServer:
                     interventions=req.interventions,
                     steer_key=req.steer_key,
                     sink=sink,
+                    request_id=request_id,
                 )
             )
         return handles, q
 
+    async def _collect(
+        self, q: asyncio.Queue, total: int, handles: list[EngineRequest], request
+    ) -> Collected:
+        """:func:`~.responses.collect`, watching ``request`` (a Starlette request, or None): when
+        its client disconnects, its rows stop (the engine drops them at its next step)."""
+        task = asyncio.ensure_future(collect(q, total, handles))
+        try:
+            while request is not None:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    raise APIError(499, "the client closed the request")
+            return await task
+        finally:
+            if not task.done():
+                for h in handles:
+                    h.cancelled = True
+                task.cancel()
+
     def _base(self, kind: str) -> dict:
         return response_base(kind, self.config.model_name)
 
-    async def complete(self, req: ChatRequest, ids: list[int]) -> dict:
-        """The ``/v1/chat/completions`` response (``chat.completion``) for a parsed request."""
-        handles, q = self._submit(req, [ids])
-        got = await collect(q, req.n, handles)
+    async def complete(self, req: ChatRequest, ids: list[int], request=None) -> dict:
+        """The ``/v1/chat/completions`` response (``chat.completion``) for a parsed request
+        (``request``: the HTTP request, watched for a client that leaves, and its id)."""
+        handles, q = self._submit(req, [ids], None if request is None else request_id_of(request))
+        got = await self._collect(q, req.n, handles, request)
         return chat_completion(req, len(ids), got, self._base("chat.completion"))
 
-    async def stream(self, req: ChatRequest, ids: list[int]):
+    async def stream(self, req: ChatRequest, ids: list[int], request_id: str | None = None):
         """The ``/v1/chat/completions`` server-sent events for a parsed streaming request."""
-        handles, q = self._submit(req, [ids])
+        handles, q = self._submit(req, [ids], request_id)
         base = self._base("chat.completion.chunk")
         try:
             async for event in chat_events(req, len(ids), q, base):
@@ -201,16 +237,23 @@ class ChatServer:
                 h.cancelled = True
 
     async def complete_text(
-        self, req: CompletionRequest, ids: list[list[int]], texts: list[str]
+        self, req: CompletionRequest, ids: list[list[int]], texts: list[str], request=None
     ) -> dict:
-        """The ``/v1/completions`` response (``text_completion``) for a parsed request."""
-        handles, q = self._submit(req, ids)
-        got = await collect(q, req.n * len(ids), handles)
+        """The ``/v1/completions`` response (``text_completion``) for a parsed request (``request``
+        as for :meth:`complete`)."""
+        handles, q = self._submit(req, ids, None if request is None else request_id_of(request))
+        got = await self._collect(q, req.n * len(ids), handles, request)
         return text_completion(req, ids, texts, got, self._base("text_completion"), self._special)
 
-    async def stream_text(self, req: CompletionRequest, ids: list[list[int]], texts: list[str]):
+    async def stream_text(
+        self,
+        req: CompletionRequest,
+        ids: list[list[int]],
+        texts: list[str],
+        request_id: str | None = None,
+    ):
         """The ``/v1/completions`` server-sent events for a parsed streaming request."""
-        handles, q = self._submit(req, ids)
+        handles, q = self._submit(req, ids, request_id)
         base = self._base("text_completion")
         try:
             async for event in text_events(req, ids, texts, q, base, self._special):
@@ -245,6 +288,16 @@ class ChatServer:
             },
             "default_steering": self.steering.describe(),
             "max_batch": self.config.max_batch,
+            "limits": {
+                name: getattr(self.config, name)
+                for name in (
+                    "max_body_bytes",
+                    "max_request_tokens",
+                    "max_steer_magnitude",
+                    "max_queue",
+                    "max_n",
+                )
+            },
             "stats": dict(self.engine.stats),
         }
 
@@ -262,6 +315,7 @@ class ChatServer:
                 self.engine.close()
 
         app = FastAPI(title="saetools serve", lifespan=lifespan)
+        app.add_middleware(RequestIds)
         _add_error_handlers(app)
         self._add_info_routes(app)
         self._add_generation_routes(app)
@@ -318,25 +372,27 @@ class ChatServer:
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
             self._check_key(request)
-            req, ids = await self.prepare(await request.body())
+            req, ids = await self.prepare(await read_body(request, self.config.max_body_bytes))
             self.admit(req)
             if req.stream:
-                return events(self.stream(req, ids))
-            return JSONResponse(await self.complete(req, ids))
+                return events(self.stream(req, ids, request_id_of(request)))
+            return JSONResponse(await self.complete(req, ids, request))
 
         @app.post("/v1/completions")
         async def completions(request: Request):
             self._check_key(request)
-            req, ids, texts = await self.prepare_completion(await request.body())
+            raw = await read_body(request, self.config.max_body_bytes)
+            req, ids, texts = await self.prepare_completion(raw)
             self.admit(req)
             if req.stream:
-                return events(self.stream_text(req, ids, texts))
-            return JSONResponse(await self.complete_text(req, ids, texts))
+                return events(self.stream_text(req, ids, texts, request_id_of(request)))
+            return JSONResponse(await self.complete_text(req, ids, texts, request))
 
 
 def _add_error_handlers(app) -> None:
     """Every error as an OpenAI error body: APIError as it is, HTTP errors (404, 405, ...) and
-    FastAPI's own validation errors with their status, anything else as a 500 ``server_error``."""
+    FastAPI's own validation errors with their status, anything else as a 500 ``server_error``
+    that names only the request id (:class:`~.middleware.RequestIds` logs the traceback)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
@@ -358,8 +414,8 @@ def _add_error_handlers(app) -> None:
         return error(bad_request(str(exc)))
 
     @app.exception_handler(Exception)
-    async def _server_error(request, exc):
-        return error(APIError(500, f"{type(exc).__name__}: {exc}", type="server_error", code=None))
+    async def _server_error(request, exc):  # only what escapes RequestIds comes here
+        return error(internal_error(request_id_of(request)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,12 +429,37 @@ def _uvicorn_server(app, log_level: str):
     return uvicorn.Server(config)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def warn_if_exposed(server: ChatServer, host: str) -> bool:
+    """Log a warning (and return True) when ``host`` accepts other machines' connections and the
+    server has no API key: anyone who reaches it may use (and steer) the model."""
+    if server.config.api_key or is_loopback(host):
+        return False
+    logger.warning(
+        "saetools serve listens on %s without an API key: anyone who can reach this address can "
+        "use and steer the model; set --api-key (or $SAETOOLS_API_KEY), or listen on 127.0.0.1",
+        host,
+    )
+    return True
+
+
 def serve(
     server: ChatServer, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
-    """Run the server in the foreground until interrupted (Ctrl-C)."""
+    """Run the server in the foreground until interrupted (Ctrl-C); warns first when it listens
+    beyond this machine without an API key."""
     import uvicorn
 
+    warn_if_exposed(server, host)
     uvicorn.run(server.app(), host=host, port=port, log_level=log_level, access_log=False)
 
 
@@ -406,6 +487,7 @@ def serve_in_thread(
     server: ChatServer, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
 ) -> Iterator[RunningServer]:
     """Run ``server`` with uvicorn in a background thread (``port=0``: a free port); stop it on exit."""
+    warn_if_exposed(server, host)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -9,11 +9,17 @@ waiting in the queue join it: they are prefilled in a forward of their own and t
 merged into the running one, left-padded (continuous batching). Joining needs a plain dynamic KV
 cache; models with sliding-window layers (Mistral, Gemma 2) run batch after batch instead.
 
-Logprobs
+Sampling and logprobs are in :mod:`saetools.serve.sampling`. A prefill that scores long prompts
+runs in column chunks (with the KV cache), so that no forward makes more than
+``Engine.max_prefill_logits`` logits; each chunk's logprobs are reduced to what is returned.
+
+Failures
 --------
-Reported log-probabilities are ``log_softmax`` of the model's (steered) float32 logits, **before**
-temperature and top-p, as OpenAI does; the token is sampled from those same logits (divided by the
-temperature, then nucleus-filtered). ``temperature=0`` is greedy (argmax).
+A row whose logits are not finite (NaN or infinity: its steering made the activations overflow)
+fails alone, with a 400 when the row is steered; an exception while sampling or reporting one row
+fails that row alone (500). Only an exception in a batch's forward fails every row of the batch.
+Every 500 is logged with its request ids (logger ``saetools.serve.engine``) and tells the client
+only its request id.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 import queue
 import random
 import threading
@@ -33,16 +40,22 @@ from torch import nn
 from ..capture import pad_token_id
 from ..sites import base_model, hooks
 from ..steer import Intervention, context_length
+from .middleware import internal_error
 from .protocol import APIError, SamplingParams
+from .sampling import logprobs_of, sample
 from .steering import SteerPlan
+
+logger = logging.getLogger(__name__)
 
 
 class EngineRequest:
-    """What the engine knows of a request: where to send events, and whether the client left."""
+    """What the engine knows of a request: where to send events, whether the client left, and
+    the id its errors are logged under."""
 
-    def __init__(self, sink: Callable[[tuple], None]):
+    def __init__(self, sink: Callable[[tuple], None], request_id: str | None = None):
         self.sink = sink
         self.cancelled = False
+        self.request_id = request_id
 
     def emit(self, event: tuple) -> None:
         try:
@@ -88,7 +101,13 @@ class Engine:
     worker thread): ``("prompt", index, logprob_entries)`` (first, only with
     ``prompt_logprobs``), ``("delta", index, text, logprob_entries)``, ``("finish", index, reason,
     completion_tokens)`` and ``("error", index, APIError)``.
+
+    ``stats`` counts ``batches``, ``rows`` (prefilled), ``tokens`` (sampled), ``running`` (rows in
+    the batch being decoded now), ``dropped`` (rows stopped because their client left) and
+    ``failed`` (rows that ended with an error).
     """
+
+    max_prefill_logits = 1 << 25  # logits one prefill forward may make (128 MiB in float32)
 
     def __init__(
         self,
@@ -125,7 +144,7 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token_text: dict[int, str] = {}
-        self.stats = {"batches": 0, "rows": 0, "tokens": 0}
+        self.stats = {"batches": 0, "rows": 0, "tokens": 0, "running": 0, "dropped": 0, "failed": 0}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> Engine:
@@ -160,9 +179,11 @@ class Engine:
         interventions: Sequence[Intervention] = (),
         steer_key: str = "",
         sink: Callable[[tuple], None],
+        request_id: str | None = None,
     ) -> EngineRequest:
-        """Queue ``n`` choices for one prompt; returns a handle whose ``cancelled`` stops them."""
-        req = EngineRequest(sink)
+        """Queue ``n`` choices for one prompt; returns a handle whose ``cancelled`` stops them
+        (``request_id``: what its failures are logged under and quote)."""
+        req = EngineRequest(sink, request_id)
         ivs = tuple(interventions)
         for i in range(n):
             self._queue.put(_Row(req, i, prompt_ids, params, ivs, steer_key, self.device))
@@ -192,16 +213,49 @@ class Engine:
             try:
                 with torch.inference_mode():
                     self._run(rows)
-            except Exception as e:  # never let one batch kill the worker
-                err = APIError(
-                    500,
-                    f"generation failed: {type(e).__name__}: {e}",
-                    type="server_error",
+            except Exception:  # never let one batch kill the worker
+                ids = sorted({str(r.request.request_id) for r in rows if not r.done})
+                logger.exception(
+                    "generation failed for a batch of %d rows (requests %s)",
+                    len(rows),
+                    ", ".join(ids),
                 )
                 for r in rows:
-                    if not r.done:
-                        r.done = True
-                        r.request.emit(("error", r.index, err))
+                    self._fail(r, internal_error(r.request.request_id))
+            finally:
+                self.stats["running"] = 0
+
+    def _fail(self, r: _Row, err: APIError) -> None:
+        """End row ``r`` with ``err`` (nothing when it already ended)."""
+        if not r.done:
+            r.done = True
+            self.stats["failed"] += 1
+            r.request.emit(("error", r.index, err))
+
+    def _crashed(self, r: _Row) -> None:
+        """End row ``r`` with a 500 after an exception (called in the ``except`` block: the
+        traceback is logged with the request id)."""
+        rid = r.request.request_id
+        logger.exception("request %s: choice %d failed", rid, r.index)
+        self._fail(r, internal_error(rid))
+
+    def _overflowed(self, r: _Row) -> None:
+        """End row ``r``, whose logits are not finite: a 400 when it is steered (the steering made
+        the activations overflow), else a logged 500."""
+        if r.interventions:
+            err = APIError(
+                400,
+                "the model's logits became NaN or infinite for this request: its steering "
+                "(saetools.steer, saetools.clamp or the server's default steering) made the "
+                "activations overflow; use a smaller alpha or value",
+                param="saetools",
+                code="non_finite_logits",
+            )
+        else:
+            rid = r.request.request_id
+            logger.error("request %s: choice %d: the model's logits are not finite", rid, r.index)
+            err = internal_error(rid)
+        self._fail(r, err)
 
     def _tok_text(self, t: int) -> tuple[str, list[int]]:
         """A token's text and its bytes (the raw bytes for byte-level BPE vocabularies, so a token
@@ -237,9 +291,8 @@ class Engine:
         ):
             return self.model(use_cache=True, **kw)
 
-    def _prefill(self, rows: list[_Row]) -> _Batch:
-        """One forward over the left-padded prompts; samples each row's first token."""
-        dev = self.device
+    def _left_pad(self, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows' prompts left-padded into ``ids``, ``attention_mask`` and ``position_ids``."""
         b = len(rows)
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
@@ -248,42 +301,86 @@ class Engine:
             p = len(r.prompt_ids)
             ids[i, width - p :] = torch.tensor(r.prompt_ids, dtype=torch.long)
             attn[i, width - p :] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+    def _chunks(self, b: int, width: int, keep: int) -> list[tuple[int, int]]:
+        """Column ranges of the prefill forwards: one, unless the last ``keep`` columns' logits
+        (``b`` rows) would pass ``max_prefill_logits``; then the first forward ends after as many
+        of them as fit, and the rest follow in chunks of that many columns."""
+        cols = max(1, self.max_prefill_logits // (b * self.vocab))
+        ends = [*range(width - keep + cols, width, cols), width]
+        return list(zip([0, *ends[:-1]], ends, strict=True))
+
+    def _prefill(self, rows: list[_Row]) -> _Batch:
+        """The forward over the left-padded prompts (in column chunks with the KV cache when
+        scored prompts would make too many logits at once, see :meth:`_chunks`); reports the
+        scored rows' prompt logprobs and samples each row's first token."""
+        ids, attn, pos = self._left_pad(rows)
+        b, width = ids.shape
         self.stats["rows"] += b
         # prompts are right-aligned: the last columns cover every scored prompt
         keep = max(
             (len(r.prompt_ids) for r in rows if r.params.prompt_logprobs is not None), default=1
         )
-        out = self._forward(
-            SteerPlan(rows, dev),
-            "prompt",
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            logits_to_keep=keep,
-        )
-        cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        scores = {i: [] for i, r in enumerate(rows) if r.params.prompt_logprobs is not None}
+        plan = SteerPlan(rows, self.device)
+        cache = last = None
+        for start, end in self._chunks(b, width, keep):
+            first = max(start, width - keep)  # the first column whose logits are needed
+            out = self._forward(
+                plan,
+                "prompt",
+                input_ids=ids[:, start:end],
+                attention_mask=attn[:, :end],
+                position_ids=pos[:, start:end],
+                logits_to_keep=end - first,
+                **({} if cache is None else {self._cache_kw: cache}),
+            )
+            cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+            for i, got in scores.items():
+                self._score_prompt(rows[i], ids[i], out.logits[i], first, width, got)
+            last = out.logits[:, -1, :].float()
+            del out  # only the last column's logits are kept
         batch = _Batch(rows, cache, attn, pos[:, -1] + 1, None)
         for i, r in enumerate(rows):
-            if r.params.prompt_logprobs is not None and not r.request.cancelled:
-                r.request.emit(("prompt", r.index, self._prompt_entries(r, out.logits[i])))
+            if i in scores and not r.done and not r.request.cancelled:
+                try:
+                    entries = self._prompt_entries(r, scores[i])
+                except Exception:
+                    self._crashed(r)
+                else:
+                    r.request.emit(("prompt", r.index, entries))
             if r.params.max_tokens == 0 and not r.done:  # scoring only
                 r.done = True
                 r.request.emit(("finish", r.index, "length", 0))
-        batch.tokens = self._step(rows, out.logits[:, -1, :].float())
+        batch.tokens = self._step(rows, last)
         return batch
 
-    def _prompt_entries(self, r: _Row, logits: torch.Tensor) -> list[dict]:
-        """Logprob entries of ``r``'s prompt tokens from its prefill ``logits [width, V]`` (left
-        padded: the prompt is the last ``p`` columns; column ``j`` predicts token ``j + 1``)."""
-        p, k = len(r.prompt_ids), r.params.prompt_logprobs or 0  # logits: at least p columns
+    def _score_prompt(
+        self, r: _Row, ids: torch.Tensor, logits: torch.Tensor, first: int, width: int, got: list
+    ) -> None:
+        """Add to ``got`` the (logprob, top-k) pairs of ``r``'s prompt tokens predicted by the
+        columns ``first ..`` that ``logits [columns, V]`` covers (``ids``: the row's padded
+        prompt, ``width`` columns; column ``j`` predicts token ``j + 1``)."""
+        if r.done:
+            return
+        j0 = max(first, width - len(r.prompt_ids))
+        j1 = min(first + logits.shape[0], width - 1)
+        if j1 <= j0:
+            return
+        part = logits[j0 - first : j1 - first, : self.vocab]
+        if not bool(torch.isfinite(part).all()):
+            self._overflowed(r)
+            return
+        k = r.params.prompt_logprobs or 0
+        got.extend(logprobs_of(part, ids[j0 + 1 : j1 + 1], [k] * (j1 - j0)))
+
+    def _prompt_entries(self, r: _Row, scored: list) -> list[dict]:
+        """Logprob entries of ``r``'s prompt tokens from their (logprob, top-k) pairs; the first
+        token has none."""
         first = r.prompt_ids[0]
         entries = [dict(self._entry(first, 0.0, []), logprob=None, top_logprobs=[])]
-        if p == 1:
-            return entries
-        target = torch.tensor(r.prompt_ids[1:], device=logits.device)
-        scored = _logprobs_of(logits[-p:-1, : self.vocab], target, [k] * (p - 1))
         entries.extend(
             self._entry(t, lp, top) for t, (lp, top) in zip(r.prompt_ids[1:], scored, strict=True)
         )
@@ -297,6 +394,7 @@ class Engine:
         joinable = _joinable(batch.cache)
         plan = None
         while True:
+            self.stats["dropped"] += sum(r.request.cancelled and not r.done for r in batch.rows)
             changed = batch.drop_finished()
             if joinable and len(batch.rows) < self.max_batch and self._queue.qsize():
                 new = []
@@ -316,6 +414,7 @@ class Engine:
                     elif other.rows:
                         batch = other
                     changed = True
+            self.stats["running"] = len(batch.rows)
             if not batch.rows:
                 break
             if changed or plan is None:
@@ -337,20 +436,28 @@ class Engine:
     def _step(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Sample one token per row from ``logits [b, V]``, record it, emit events; return the tokens."""
         logits = logits[:, : self.vocab]
-        tokens = _sample(logits, rows)
+        bad = ~torch.isfinite(logits).all(dim=-1)
+        if bool(bad.any()):  # those rows fail alone; the others go on
+            for i in bad.nonzero()[:, 0].tolist():
+                self._overflowed(rows[i])
+            logits = logits.masked_fill(bad[:, None], 0.0)
+        tokens = sample(logits, rows, self._crashed)
         want_lp = [i for i, r in enumerate(rows) if r.params.logprobs]
         scored: dict[int, tuple[float, list[tuple[int, float]]]] = {}
         if want_lp:
             sel = torch.tensor(want_lp, device=logits.device)
             ks = [rows[i].params.top_logprobs for i in want_lp]
-            scored = dict(zip(want_lp, _logprobs_of(logits[sel], tokens[sel], ks), strict=True))
+            scored = dict(zip(want_lp, logprobs_of(logits[sel], tokens[sel], ks), strict=True))
         toks = tokens.tolist()
         self.stats["tokens"] += len(toks)
         for i, r in enumerate(rows):
             if r.done or r.request.cancelled:
                 continue
-            entry = self._entry(toks[i], *scored[i]) if i in scored else None
-            self._advance(r, toks[i], entry)
+            try:
+                entry = self._entry(toks[i], *scored[i]) if i in scored else None
+                self._advance(r, toks[i], entry)
+            except Exception:
+                self._crashed(r)
         return tokens
 
     def _advance(self, r: _Row, t: int, entry: dict | None) -> None:
@@ -418,43 +525,6 @@ def _byte_decoder(tokenizer) -> dict[str, int] | None:
             cs.append(256 + n)
             n += 1
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
-
-
-def _logprobs_of(
-    logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
-) -> list[tuple[float, list[tuple[int, float]]]]:
-    """Per row of ``logits [n, V]``: the log-probability of ``targets[row]`` and the ``ks[row]``
-    likeliest ``(token id, log-probability)`` pairs (float32 ``log_softmax``)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
-    k = max(ks, default=0)
-    vals, idx = ([], []) if not k else (t.tolist() for t in logp.topk(k, dim=-1))
-    return [
-        (chosen[j], list(zip(idx[j][:kk], vals[j][:kk], strict=True)) if kk else [])
-        for j, kk in enumerate(ks)
-    ]
-
-
-def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Greedy rows take the argmax; the others sample at their temperature within their top-p."""
-    out = logits.argmax(dim=-1)
-    hot = [i for i, r in enumerate(rows) if r.params.temperature > 0]
-    if not hot:
-        return out
-    dev = logits.device
-    sub = logits[torch.tensor(hot, device=dev)]
-    temp = torch.tensor([rows[i].params.temperature for i in hot], device=dev, dtype=sub.dtype)
-    probs = torch.softmax(sub / temp[:, None], dim=-1)
-    top_p = [rows[i].params.top_p for i in hot]
-    if any(p < 1.0 for p in top_p):
-        tp = torch.tensor(top_p, device=dev, dtype=probs.dtype)
-        sp, order = probs.sort(dim=-1, descending=True)
-        before = sp.cumsum(dim=-1) - sp  # mass of the more likely tokens
-        sp = sp.masked_fill(before >= tp[:, None], 0.0)  # the first token always stays
-        probs = torch.zeros_like(probs).scatter_(-1, order, sp)
-    for j, i in enumerate(hot):
-        out[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
-    return out
 
 
 def _joinable(cache) -> bool:

@@ -1,13 +1,14 @@
 """The request side of the OpenAI wire protocol: parsing and validating ``/v1/chat/completions``
 and ``/v1/completions`` bodies into typed requests, with OpenAI-style 4xx errors.
 
-Every check a request must pass lives here, with the limits it is checked against
-(:class:`ServeConfig`): the sampling options, the messages or prompts, the shape of the
-``saetools`` steering extension field and of each of its items, the context length and the
-worker's queue bound (``admit``). A new limit belongs here, beside the others.
+Every check on the *shape* of a request lives here, with the settings it is checked against
+(:class:`ServeConfig`): the JSON body (nesting depth included), the sampling options, the messages
+or prompts, the shape of the ``saetools`` steering extension field and of each of its items, the
+context length. The limits on what a request may *cost* (body size, work per request, steering
+magnitudes, the worker's queue) are in :mod:`saetools.serve.limits`.
 
-Long file: it is the one home of every request check and the limits they use (both endpoints
-and the ``saetools`` field share their helpers); split, a new limit would have several homes.
+Long file: it is the one home of every request check and the settings they use (both endpoints
+and the ``saetools`` field share their helpers); split, a new check would have several homes.
 
 What the checks do not know (the loaded direction files, the model's sites) is resolved by
 :mod:`saetools.serve.steering`; token counts come from the tokenizer (:mod:`saetools.serve.app`).
@@ -95,7 +96,11 @@ class ServeConfig:
     max_stop: int = 4
     api_key: str | None = None
     steer_cache: int = 256
-    max_queue: int = 1024  # rows waiting for the worker; more gives 429 (None: unbounded)
+    max_queue: int | None = 1024  # rows waiting for the worker; more gives 429 (None: unbounded)
+    # the limits of saetools.serve.limits (None: unbounded)
+    max_body_bytes: int | None = 4 * 1024 * 1024  # larger bodies get 413 before parsing
+    max_request_tokens: int | None = 65536  # work per request, see limits.request_work
+    max_steer_magnitude: float = 1e6  # |alpha| x |vector| of add, |value| of clamp, latent values
 
 
 @dataclass(frozen=True)
@@ -194,14 +199,34 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def is_finite(x) -> bool:
+    """A JSON number that is finite as a float (a 400-digit integer is not: it overflows)."""
+    try:
+        return _is_num(x) and math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
+MAX_JSON_DEPTH = 64  # deepest nesting of arrays and objects a body may have
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a seed is a signed 64-bit integer, as the engine takes it
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_body(raw: bytes) -> dict:
-    """A request body as a JSON object (``NaN`` and ``Infinity`` are refused)."""
+    """A request body as a JSON object (``NaN`` and ``Infinity`` are refused, and so is nesting
+    deeper than :data:`MAX_JSON_DEPTH`)."""
+    too_deep = bad_request(
+        f"the JSON body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and "
+        "objects are allowed",
+        code="invalid_json",
+    )
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(
             f"We could not parse the JSON body of your request ({e}). The body must be a JSON object.",
@@ -209,7 +234,26 @@ def parse_body(raw: bytes) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    if json_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise too_deep
     return body
+
+
+def json_depth(obj, stop: int) -> int:
+    """How deeply arrays and objects nest in ``obj`` (a scalar: 0), counted without recursion;
+    stops looking once it passes ``stop``."""
+    deepest = 0
+    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
+    while stack:
+        x, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > stop:
+            break
+        items = x.values() if isinstance(x, dict) else x
+        kinds = set(map(type, items))  # at C speed: most lists hold only numbers or strings
+        if dict in kinds or list in kinds:
+            stack.extend((c, d + 1) for c in items if isinstance(c, (dict, list)))
+    return deepest
 
 
 def check_model(body: dict, cfg: ServeConfig) -> None:
@@ -229,7 +273,9 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, *, lo_o
     v = body.get(name)
     if v is None:
         return default
-    if not _is_num(v) or not math.isfinite(v):
+    if not is_finite(v):
+        if _is_num(v):  # a huge integer: out of range rather than not a number
+            raise bad_request(f"{name} must be in [{lo}, {hi}], got a number beyond it", name)
         raise bad_request(f"{name} must be a number, not {v!r}", name)
     if v < lo or v > hi or (lo_open and v == lo):
         rng = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
@@ -289,6 +335,12 @@ def sampling_options(body: dict, cfg: ServeConfig, *, min_tokens: int) -> dict:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise bad_request("seed must be an integer", "seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise bad_request(
+            f"seed must be a 64-bit signed integer (from {SEED_RANGE[0]} to {SEED_RANGE[1]})",
+            "seed",
+            "invalid_value",
+        )
     stream, include_usage = _streaming(body)
     for name, allowed in IGNORED_IF_DEFAULT.items():
         if name in body and not any(body[name] == a for a in allowed):
@@ -513,32 +565,6 @@ def check_completion_context(
 
 
 # --------------------------------------------------------------------------------------------
-# The worker's queue
-
-
-def admit(req: ChatRequest | CompletionRequest, cfg: ServeConfig, waiting: int) -> None:
-    """Refuse a request (429) when its rows would make the worker's queue (``waiting`` rows now)
-    longer than ``max_queue``: a burst gets a clear retry-later answer instead of unbounded
-    memory."""
-    limit = cfg.max_queue
-    rows = req.n * len(getattr(req, "prompts", [None]))
-    if limit is not None and rows > limit:
-        raise bad_request(
-            f"this request needs {rows} rows (prompts times n), more than the server queues "
-            f"at once ({limit}, --max-queue); split it",
-            "prompt" if hasattr(req, "prompts") else "n",
-        )
-    if limit is not None and waiting + rows > limit:
-        raise APIError(
-            429,
-            f"the server is busy: {waiting} rows wait for the model (at most "
-            f"{limit}, --max-queue); retry later",
-            type="rate_limit_error",
-            code="queue_full",
-        )
-
-
-# --------------------------------------------------------------------------------------------
 # The ``saetools`` extension field
 
 
@@ -596,11 +622,13 @@ def steer_item(item, where: str) -> SteerItem:
     if op not in OPS:
         raise bad_request(f"{where}.op must be one of {', '.join(OPS)}, not {op!r}", f"{where}.op")
     alpha = item.get("alpha", 1.0)
-    if not _is_num(alpha) or not math.isfinite(alpha):
+    if not is_finite(alpha):
         raise bad_request(f"{where}.alpha must be a finite number", f"{where}.alpha")
     value = item.get("value")
     if value is not None and not (isinstance(value, str) or _is_num(value)):
         raise bad_request(f"{where}.value must be a number or a statistic name", f"{where}.value")
+    if _is_num(value) and not is_finite(value):
+        raise bad_request(f"{where}.value must be a finite number", f"{where}.value")
     if op == "clamp" and value is None:
         raise bad_request(f"{where}: clamp needs a value", f"{where}.value")
     positions = _positions(item, where)
@@ -614,6 +642,8 @@ def steer_item(item, where: str) -> SteerItem:
         vector = item["vector"]
         if not isinstance(vector, list) or not all(_is_num(x) for x in vector):
             raise bad_request(f"{where}.vector must be a list of numbers", f"{where}.vector")
+        if not all(is_finite(x) for x in vector):
+            raise bad_request(f"{where}.vector must hold finite numbers", f"{where}.vector")
         if isinstance(value, str):
             raise bad_request(f"{where}.value must be a number with an inline vector", where)
     return SteerItem(site, op, alpha, value, positions, unit, vector, item.get("direction"))
@@ -659,8 +689,10 @@ def clamp_item(item, where: str, loaded: Collection[str]) -> ClampItem:
             raise bad_request(
                 f"{where}.latents: {k!r} is not a latent id", f"{where}.latents"
             ) from None
-        if not _is_num(v):  # finiteness: LatentClamp checks it
+        if not _is_num(v):
             raise bad_request(f"{where}.latents[{k}] must be a number", f"{where}.latents")
+        if not is_finite(v):
+            raise bad_request(f"{where}.latents[{k}] must be a finite number", f"{where}.latents")
         ids.append(j)
         vals.append(float(v))
     return ClampItem(name, ids, vals, _positions(item, where))

@@ -19,6 +19,7 @@ from torch import nn
 from ..sae import LatentClamp, SAEError
 from ..sites import n_layers, parse_site, parse_sites
 from ..steer import Intervention, SteeringError, interventions_from_directions
+from .limits import magnitude_problem
 from .protocol import (
     APIError,
     ClampItem,
@@ -61,6 +62,9 @@ class Steering:
         self.default = tuple(default)
         for iv in self.default:
             iv.check(model)
+            problem = magnitude_problem(iv, config.max_steer_magnitude)
+            if problem:
+                raise ValueError(f"default steering: {problem}")
         self.default_key = "default:" + steer_desc(self.default)
         self._cache: OrderedDict[str, tuple[Intervention, ...]] = OrderedDict()
 
@@ -88,9 +92,16 @@ class Steering:
     def _clamp(self, item, where: str) -> LatentClamp:
         c: ClampItem = clamp_item(item, where, self.saes.keys())
         try:
-            return LatentClamp(self.saes[c.sae], c.ids, c.values, positions=c.positions)
+            clamp = LatentClamp(self.saes[c.sae], c.ids, c.values, positions=c.positions)
         except (SAEError, ValueError) as e:
             raise bad_request(f"{where}: {e}", f"{where}.latents") from None
+        self._check_magnitude(clamp, where, f"{where}.latents")
+        return clamp
+
+    def _check_magnitude(self, iv, where: str, param: str) -> None:
+        problem = magnitude_problem(iv, self.config.max_steer_magnitude)
+        if problem:
+            raise bad_request(f"{where}: {problem}", param, "invalid_value")
 
     def _interventions(self, item, where: str) -> list[Intervention]:
         s: SteerItem = steer_item(item, where)
@@ -118,10 +129,12 @@ class Steering:
                 )
             for iv in ivs:
                 iv.check(self.model)
-        except (SteeringError, ValueError) as e:
+        except (SteeringError, ValueError, OverflowError) as e:
             if isinstance(e, APIError):
                 raise
             raise bad_request(f"{where}: {e}", where) from None
+        for iv in ivs:
+            self._check_magnitude(iv, where, f"{where}.{'alpha' if iv.op == 'add' else 'value'}")
         return ivs
 
     def _direction_set(self, name, where: str):
