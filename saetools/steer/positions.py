@@ -29,6 +29,7 @@ POSITIONS = ("all", "prompt", "generated")
 
 
 def check_positions(positions):
+    """``positions`` checked: one of :data:`POSITIONS`, or a ``[batch, seq]`` mask made bool."""
     if isinstance(positions, str):
         if positions not in POSITIONS:
             raise SteeringError(
