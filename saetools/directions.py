@@ -25,6 +25,11 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
+from .models import fingerprint
+from .sites import KIND_ORDER, SITE_NAME_RE
+from .stats import orthonormal_basis
+
 FORMAT_NAME = "saetools.directions"
 FORMAT_VERSION = 1
 
@@ -69,7 +74,6 @@ class DirectionSet:
     @property
     def sites(self) -> list[str]:
         """Site names in forward order (block, then resid_pre < attn_out < mlp_out < resid_post)."""
-        from .sites import KIND_ORDER, SITE_NAME_RE
 
         def key(name: str):
             m = SITE_NAME_RE.match(name)
@@ -109,8 +113,6 @@ class DirectionSet:
 
     def basis(self, site) -> torch.Tensor:
         """Orthonormal basis ``[k, d]`` spanning the vector(s) at ``site``."""
-        from .stats import orthonormal_basis
-
         try:
             return orthonormal_basis(self._get(site))
         except ValueError as e:
@@ -150,8 +152,6 @@ class DirectionSet:
         if isinstance(model_or_fingerprint, dict):
             fp = model_or_fingerprint
         else:
-            from .models import fingerprint
-
             fp = fingerprint(model_or_fingerprint)
         problems = []
         if int(fp.get("d_model", self.d_model)) != self.d_model:
@@ -180,8 +180,6 @@ class DirectionSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""
         from safetensors.torch import save_file
-
-        from . import __version__
 
         path = Path(path)
         if not path.parent.exists():

@@ -75,6 +75,7 @@ def sweep(
     if sample:
         ev = probe_sets.as_set(eval_probes)
         questions = [it.question for it in ev.items if it.question][:sample]
+    measure_kw = dict(neutral=neu, projection_site=proj_site, unit=proj_unit, batch_size=batch_size)
     rows = []
     for a in alphas:
         if progress:
@@ -82,31 +83,12 @@ def sweep(
         ivs = interventions_from_directions(
             directions, site, "add", a, unit=unit, n_layers=n_layers(model)
         )
-        r = measure(
-            model,
-            tokenizer,
-            pairs,
-            ivs,
-            neutral=neu,
-            projection_site=proj_site,
-            unit=proj_unit,
-            batch_size=batch_size,
-        )
+        r = measure(model, tokenizer, pairs, ivs, **measure_kw)
         r["alpha"] = a
         if questions:
-            answers = generate(
-                model,
-                tokenizer,
-                questions,
-                ivs,
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-                seed=seed,
-                batch_size=batch_size,
+            r["samples"] = _samples(
+                model, tokenizer, questions, ivs, max_new_tokens, seed, batch_size
             )
-            r["samples"] = [
-                {"question": q, "answer": ans} for q, ans in zip(questions, answers, strict=True)
-            ]
         rows.append(r)
     result = {
         "model_id": model_id or getattr(getattr(model, "config", None), "_name_or_path", "unknown"),
@@ -137,19 +119,25 @@ def sweep(
         ab = interventions_from_directions(
             directions, ablate_sites, "ablate", n_layers=n_layers(model)
         )
-        r = measure(
-            model,
-            tokenizer,
-            pairs,
-            ab,
-            neutral=neu,
-            projection_site=proj_site,
-            unit=proj_unit,
-            batch_size=batch_size,
-        )
+        r = measure(model, tokenizer, pairs, ab, **measure_kw)
         r["sites"] = [iv.site for iv in ab]
         result["ablate"] = r
     return result
+
+
+def _samples(model, tokenizer, questions, ivs, max_new_tokens, seed, batch_size) -> list[dict]:
+    """Greedy answers to ``questions`` under the interventions ``ivs``."""
+    answers = generate(
+        model,
+        tokenizer,
+        questions,
+        ivs,
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    return [{"question": q, "answer": ans} for q, ans in zip(questions, answers, strict=True)]
 
 
 def sweep_figure(result: dict, title: str | None = None):

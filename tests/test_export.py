@@ -298,7 +298,7 @@ def test_steering_vectors_layout(ds, tmp_path):
     )
     t = load_file(str(path))
     assert sorted(t) == ["1", "2"]
-    from saetools.export import _safetensors_metadata
+    from saetools.export.readers import _safetensors_metadata
 
     meta = _safetensors_metadata(path)
     assert meta["layer_type"] == "decoder_block" and meta["format"] == "steering-vectors"

@@ -185,25 +185,9 @@ def capture_distributed(
     lens: list[int] = []
     bar = None
     try:
-        encoded: dict[int, object] = {}
-        if shard == "batches":
-            mine_all = list(range(n))
-        else:
-            mine_all = shard_indices(n, rank, world, shard)
-        for i in mine_all:
-            try:
-                encoded[i] = encode_chat(tokenizer, examples[i])
-            except ValueError as e:
-                raise type(e)(f"example {i}: {e}") from e
-        if shard == "batches":
-            seq = [encoded[i] for i in range(n)]
-            batches = length_batches(seq, batch_size)[rank::world]
-        else:
-            seq_idx = mine_all
-            local_b = length_batches([encoded[i] for i in seq_idx], batch_size)
-            batches = [[seq_idx[j] for j in b] for b in local_b]
-            seq = [encoded.get(i) for i in range(n)]  # type: ignore[misc]
-        check_encoded([e for e in encoded.values()], aggregate)  # type: ignore[misc]
+        encoded, seq, batches = _encode_shard(
+            tokenizer, examples, batch_size, aggregate, shard, rank, world
+        )
         mine = sorted(i for b in batches for i in b)
         desc = progress if isinstance(progress, str) else "capture"
         bar = tqdm(
@@ -225,15 +209,7 @@ def capture_distributed(
             early_stop=early_stop,
             bar=bar,
         )
-        per_example = None
-        if keep_per_example:
-            per_example = {}
-            for s in sites:
-                rows = [r for _, r in sorted(part.kept[s], key=lambda x: x[0])]
-                if not rows:
-                    per_example[s] = torch.zeros(0, d_model(model))
-                else:
-                    per_example[s] = torch.cat(rows) if aggregate == "all" else torch.stack(rows)
+        per_example = _kept_rows(part, sites, aggregate, model) if keep_per_example else None
         lens = [
             len(encoded[i].input_ids) if aggregate == "all" else 1  # type: ignore[attr-defined]
             for i in mine
@@ -247,7 +223,7 @@ def capture_distributed(
             part.n_tokens,
             extra={"shard": shard},
         )
-    except Exception as e:  # noqa: BLE001 - re-raised by _agree on this rank
+    except Exception as e:  # noqa: BLE001 - re-raised by agree_or_raise on this rank
         error = e
     finally:
         if bar is not None:
@@ -256,3 +232,45 @@ def capture_distributed(
     return all_reduce_result(
         local, mine, n, rows_per_example=lens, d_model=d_model(model), group=group
     )
+
+
+def _encode_shard(tokenizer, examples, batch_size: int, aggregate: str, shard: str, rank, world):
+    """Encode the examples this rank needs and cut its batches.
+
+    Returns ``(encoded, seq, batches)``: ``encoded`` maps an example index to its encoding, ``seq``
+    is indexed by global example index (None where this rank encoded nothing), and ``batches`` hold
+    global example indices.
+    """
+    n = len(examples)
+    encoded: dict[int, object] = {}
+    if shard == "batches":
+        mine_all = list(range(n))
+    else:
+        mine_all = shard_indices(n, rank, world, shard)
+    for i in mine_all:
+        try:
+            encoded[i] = encode_chat(tokenizer, examples[i])
+        except ValueError as e:
+            raise type(e)(f"example {i}: {e}") from e
+    if shard == "batches":
+        seq = [encoded[i] for i in range(n)]
+        batches = length_batches(seq, batch_size)[rank::world]
+    else:
+        seq_idx = mine_all
+        local_b = length_batches([encoded[i] for i in seq_idx], batch_size)
+        batches = [[seq_idx[j] for j in b] for b in local_b]
+        seq = [encoded.get(i) for i in range(n)]  # type: ignore[misc]
+    check_encoded([e for e in encoded.values()], aggregate)  # type: ignore[misc]
+    return encoded, seq, batches
+
+
+def _kept_rows(part, sites, aggregate: str, model: nn.Module) -> dict:
+    """This rank's per-example rows per site in example order (``[0, d_model]`` when it has none)."""
+    per_example = {}
+    for s in sites:
+        rows = [r for _, r in sorted(part.kept[s], key=lambda x: x[0])]
+        if not rows:
+            per_example[s] = torch.zeros(0, d_model(model))
+        else:
+            per_example[s] = torch.cat(rows) if aggregate == "all" else torch.stack(rows)
+    return per_example

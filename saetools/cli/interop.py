@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
-from .common import add_model_options, check_output_path
+from .common import add_model_options, check_output_path, load_model_from_args
 
 _FORMATS = ("gguf", "repeng", "steering-vectors", "pt", "concept-ablation")
 
@@ -85,8 +86,6 @@ def register(sub) -> None:
 
 
 def _show_warnings(caught) -> None:
-    import sys
-
     for w in caught:
         print(f"saetools: warning: {w.message}", file=sys.stderr)
 
@@ -124,7 +123,6 @@ def run_export(args) -> int:
 
 def run_import(args) -> int:
     from ..export import import_directions
-    from .common import load_model_from_args
 
     out = check_output_path(args.out, "direction file")
     model = None if args.model == "none" else load_model_from_args(args)

@@ -9,8 +9,8 @@ import sys
 
 from .common import add_model_options, check_output_path, load_model_from_args
 
-# argparse takes "-8,-4,0,4,8" for an option because it starts with "-"; values that start with a
-# negative number (lists and ranges included) are values here, as no option of ours looks like one.
+# Alphas like "-8,-4,0,4,8" start with "-": the parser (cli.common.ArgumentParser) reads an argument
+# that starts with a negative number (lists and ranges included) as a value, not as an option.
 
 
 def _add_direction_options(
@@ -58,6 +58,11 @@ def _add_direction_options(
 
 
 def register(sub) -> None:
+    _register_steer(sub)
+    _register_sweep(sub)
+
+
+def _register_steer(sub) -> None:
     p = sub.add_parser(
         "steer",
         help="generate answers while adding, ablating or clamping a direction",
@@ -124,6 +129,8 @@ def register(sub) -> None:
     )
     p.set_defaults(func=run_steer)
 
+
+def _register_sweep(sub) -> None:
     s = sub.add_parser(
         "sweep",
         help="dose-response: logprob contrast and perplexity for a list of alphas",
@@ -182,9 +189,55 @@ def _load(args):
 
 
 def run_steer(args) -> int:
-    from ..steer import SteeringError, generate, interventions_from_directions, parse_site_alphas
+    from ..steer import generate
 
     out = check_output_path(args.json, "JSON")
+    alpha, clamps = _check_steer_args(args)
+    if args.directions is not None:
+        lm, ds = _load(args)
+    else:
+        lm, ds = load_model_from_args(args), None
+    ivs = _interventions(args, lm, ds, alpha, clamps)
+    prompts = [
+        ([{"role": "system", "content": args.system}] if args.system else [])
+        + [{"role": "user", "content": q}]
+        for q in args.prompt
+    ]
+    kw = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    answers = generate(lm.model, lm.tokenizer, prompts, ivs, **kw)
+    base = generate(lm.model, lm.tokenizer, prompts, [], **kw) if args.compare else None
+    rows = _print_answers(args, ivs, ds, answers, base)
+    if out:
+        out.write_text(
+            json.dumps(
+                {
+                    "model_id": lm.model_id,
+                    "directions": args.directions,
+                    "sae": args.sae,
+                    "interventions": [_as_json(iv) for iv in ivs],
+                    "positions": args.positions,
+                    "vector": "unit" if args.unit else "raw",
+                    "generation": kw,
+                    "answers": rows,
+                },
+                indent=1,
+            )
+        )
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _check_steer_args(args):
+    """Refuse contradictory options before loading anything; the per-site alphas and the parsed
+    ``--clamp-latent`` values (or None)."""
+    from ..steer import SteeringError, parse_site_alphas
+
     alpha = parse_site_alphas(args.alpha)
     if args.directions is None and args.sae is None:
         raise SteeringError(
@@ -205,10 +258,13 @@ def run_steer(args) -> int:
         raise SteeringError("--op clamp needs --value (a number, or 'aligned' / 'misaligned')")
     if args.max_new_tokens < 1:
         raise SteeringError("--max-new-tokens must be >= 1")
-    if args.directions is not None:
-        lm, ds = _load(args)
-    else:
-        lm, ds = load_model_from_args(args), None
+    return alpha, clamps
+
+
+def _interventions(args, lm, ds, alpha, clamps) -> list:
+    """The direction file's interventions at the chosen sites, then the SAE latent clamp."""
+    from ..steer import interventions_from_directions
+
     value = args.value
     if value is not None:
         try:
@@ -232,20 +288,11 @@ def run_steer(args) -> int:
 
         sae = load_sae(args.sae, model=lm.model, site=args.sae_site, device=args.device)
         ivs.append(LatentClamp(sae, list(clamps), list(clamps.values()), positions=args.positions))
-    prompts = [
-        ([{"role": "system", "content": args.system}] if args.system else [])
-        + [{"role": "user", "content": q}]
-        for q in args.prompt
-    ]
-    kw = dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
-    answers = generate(lm.model, lm.tokenizer, prompts, ivs, **kw)
-    base = generate(lm.model, lm.tokenizer, prompts, [], **kw) if args.compare else None
+    return ivs
+
+
+def _print_answers(args, ivs, ds, answers, base) -> list[dict]:
+    """Print what was steered and each prompt's answers; the answers as JSON rows."""
     desc = ", ".join(_describe(iv) for iv in ivs[:4])
     if len(ivs) > 4:
         desc += f", ... ({len(ivs)} sites)"
@@ -266,24 +313,7 @@ def run_steer(args) -> int:
                 **({"unsteered": base[i]} if base is not None else {}),
             }
         )
-    if out:
-        out.write_text(
-            json.dumps(
-                {
-                    "model_id": lm.model_id,
-                    "directions": args.directions,
-                    "sae": args.sae,
-                    "interventions": [_as_json(iv) for iv in ivs],
-                    "positions": args.positions,
-                    "vector": "unit" if args.unit else "raw",
-                    "generation": kw,
-                    "answers": rows,
-                },
-                indent=1,
-            )
-        )
-        print(f"\nwrote {out}")
-    return 0
+    return rows
 
 
 def _describe(iv) -> str:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..capture import capture, pair_examples
 from ..directions import DirectionSet
+from ..models import fingerprint
 from ..sites import Site, n_layers, parse_sites
 from ..stats import auroc, cohens_d
 
@@ -41,8 +42,6 @@ def extract_diffmeans(
     share of the examples and all processes return the same DirectionSet as one process would (see
     :mod:`saetools.distributed`); call it on every rank, write files on rank 0 only.
     """
-    from ..models import fingerprint
-
     if probes.kind != "pairs":
         raise ValueError(
             f"difference of means needs a 'pairs' probe set; {probes.name} is '{probes.kind}'"
@@ -52,58 +51,17 @@ def extract_diffmeans(
     has_splits = train_split in splits and test_split in splits
     train = probes.split(train_split) if has_splits else probes
     test = probes.split(test_split) if has_splits else probes
-    al_tr, mis_tr = pair_examples(train.items)
     kw = dict(aggregate=aggregate, batch_size=batch_size, distributed=distributed, group=group)
-    cap_al = capture(
-        model, tokenizer, al_tr, site_list, progress="aligned (train)" if progress else False, **kw
+    cap_al, cap_mis = _capture_pairs(
+        model, tokenizer, train.items, site_list, "train", progress, **kw
     )
-    cap_mis = capture(
-        model,
-        tokenizer,
-        mis_tr,
-        site_list,
-        progress="misaligned (train)" if progress else False,
-        **kw,
-    )
-    al_te, mis_te = pair_examples(test.items)
-    te_al = capture(
-        model,
-        tokenizer,
-        al_te,
-        site_list,
-        keep_per_example=True,
-        progress="aligned (test)" if progress else False,
-        **kw,
-    )
-    te_mis = capture(
-        model,
-        tokenizer,
-        mis_te,
-        site_list,
-        keep_per_example=True,
-        progress="misaligned (test)" if progress else False,
-        **kw,
+    te_al, te_mis = _capture_pairs(
+        model, tokenizer, test.items, site_list, "test", progress, keep_per_example=True, **kw
     )
 
     vectors, stats = {}, {}
     for s in site_list:
-        mu_al, mu_mis = cap_al.mean(s), cap_mis.mean(s)
-        v = mu_mis - mu_al
-        norm = float(v.norm())
-        unit = v / norm if norm > 0 else v
-        p_al = te_al.per_example[s] @ unit
-        p_mis = te_mis.per_example[s] @ unit
-        vectors[s.name] = v
-        stats[s.name] = {
-            "norm": norm,
-            "auroc": auroc(p_mis, p_al),
-            "cohens_d": cohens_d(p_mis, p_al) if len(p_al) > 1 else float("nan"),
-            "proj_aligned_mean": float(mu_al @ unit),
-            "proj_misaligned_mean": float(mu_mis @ unit),
-            "test_proj_aligned_mean": float(p_al.mean()),
-            "test_proj_misaligned_mean": float(p_mis.mean()),
-            "activation_norm_mean": float(0.5 * (mu_al.norm() + mu_mis.norm())),
-        }
+        vectors[s.name], stats[s.name] = _site_direction(s, cap_al, cap_mis, te_al, te_mis)
     meta = {
         "model_id": model_id or getattr(getattr(model, "config", None), "_name_or_path", "unknown"),
         "fingerprint": fingerprint(model),
@@ -127,6 +85,42 @@ def extract_diffmeans(
         "stats": stats,
     }
     return DirectionSet(vectors, meta)
+
+
+def _capture_pairs(model, tokenizer, items, site_list, split: str, progress: bool, **kw) -> tuple:
+    """The captures of the aligned and of the misaligned answers of ``items`` (one split)."""
+    aligned, misaligned = pair_examples(items)
+    return tuple(
+        capture(
+            model,
+            tokenizer,
+            examples,
+            site_list,
+            progress=f"{label} ({split})" if progress else False,
+            **kw,
+        )
+        for label, examples in (("aligned", aligned), ("misaligned", misaligned))
+    )
+
+
+def _site_direction(s: Site, cap_al, cap_mis, te_al, te_mis) -> tuple[torch.Tensor, dict]:
+    """The raw direction at ``s`` (train means) and its statistics (held-out projections)."""
+    mu_al, mu_mis = cap_al.mean(s), cap_mis.mean(s)
+    v = mu_mis - mu_al
+    norm = float(v.norm())
+    unit = v / norm if norm > 0 else v
+    p_al = te_al.per_example[s] @ unit
+    p_mis = te_mis.per_example[s] @ unit
+    return v, {
+        "norm": norm,
+        "auroc": auroc(p_mis, p_al),
+        "cohens_d": cohens_d(p_mis, p_al) if len(p_al) > 1 else float("nan"),
+        "proj_aligned_mean": float(mu_al @ unit),
+        "proj_misaligned_mean": float(mu_mis @ unit),
+        "test_proj_aligned_mean": float(p_al.mean()),
+        "test_proj_misaligned_mean": float(p_mis.mean()),
+        "activation_norm_mean": float(0.5 * (mu_al.norm() + mu_mis.norm())),
+    }
 
 
 def projections(per_example: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,328 @@
+"""Interventions: one operator at one site, with its vector, strength and token positions.
+
+:class:`Intervention` validates everything when it is built (op, vector, strength, value,
+positions) and, with :meth:`Intervention.check`, against a model. :func:`interventions_from_directions`
+builds one per site from a direction file; :func:`parse_alphas` and :func:`parse_site_alphas` read
+strengths as the command line writes them.
+
+Raw or unit vector
+------------------
+``Intervention.vector`` is used as given by ``add``: ``h + alpha * vector``. The builder
+:meth:`Intervention.from_directions` uses the **unit** vector by default (``unit=True``), so ``alpha``
+is in activation units (the norm of the change); ``unit=False`` uses the raw stored vector, so
+``alpha=1`` adds the whole difference of means. ``ablate`` and ``clamp`` always use unit vectors
+(an orthonormal basis), and ``clamp``'s ``value`` is a projection on the unit vector
+(:data:`CLAMP_VALUE_KEYS` names the projections a direction file records).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..sites import Site, d_model, n_layers, parse_site, parse_sites
+from ..stats import orthonormal_basis
+from .ops import OPS, SteeringError, ablate, clamp
+from .positions import check_positions
+
+CLAMP_VALUE_KEYS = {
+    "aligned": "proj_aligned_mean",
+    "misaligned": "proj_misaligned_mean",
+    "test_aligned": "test_proj_aligned_mean",
+    "test_misaligned": "test_proj_misaligned_mean",
+}
+
+
+def _check_vector(v, what: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        v = torch.as_tensor(v)
+    if v.ndim not in (1, 2) or v.shape[-1] == 0 or (v.ndim == 2 and v.shape[0] == 0):
+        raise SteeringError(
+            f"{what}: expected a vector [d] or a basis [k, d], got shape {tuple(v.shape)}"
+        )
+    if not v.is_floating_point():
+        v = v.float()
+    if not torch.isfinite(v).all():
+        raise SteeringError(f"{what}: the vector contains NaN or infinite values")
+    if bool((v.reshape(-1, v.shape[-1]).norm(dim=-1) <= 1e-12).any()):
+        raise SteeringError(
+            f"{what}: the vector is zero; a zero vector has no direction to steer along"
+        )
+    return v.detach()
+
+
+@dataclass
+class Intervention:
+    """One operator at one site.
+
+    * ``op="add"``: ``h + alpha * vector`` with ``vector`` used **as given** (``[d]``).
+    * ``op="ablate"``: project out the span of ``vector`` (``[d]`` or ``[k, d]``; orthonormalised here).
+    * ``op="clamp"``: set the projection on ``vector / |vector|`` to ``value`` (required).
+
+    ``positions`` is ``"all"``, ``"prompt"``, ``"generated"`` or a bool mask ``[batch, seq]`` over
+    absolute columns (see :mod:`saetools.steer.positions`). Vectors are kept in float32 on the CPU
+    and cast to the activation's dtype and device once, on first use.
+    """
+
+    site: str | Site
+    vector: torch.Tensor
+    op: str = "add"
+    alpha: float = 1.0
+    value: float | None = None
+    positions: str | torch.Tensor = "all"
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.site = str(self.site)
+        if self.op not in OPS:
+            raise SteeringError(f"unknown op {self.op!r}; choose one of {', '.join(OPS)}")
+        what = f"{self.op} at {self.site}"
+        v = _check_vector(self.vector, what)
+        if self.op == "add":
+            if v.ndim == 2:
+                if v.shape[0] != 1:
+                    raise SteeringError(
+                        f"{what}: 'add' takes one vector [d], got a basis {tuple(v.shape)}"
+                    )
+                v = v[0]
+            try:
+                alpha = float(self.alpha)
+            except (TypeError, ValueError):
+                raise SteeringError(f"{what}: alpha must be a number, not {self.alpha!r}") from None
+            if not math.isfinite(alpha):
+                raise SteeringError(f"{what}: alpha must be finite, not {alpha}")
+            self.alpha = alpha
+        elif self.op == "ablate":
+            try:
+                v = orthonormal_basis(v.double()).float()
+            except ValueError as e:
+                raise SteeringError(f"{what}: {e}") from e
+        else:  # clamp
+            if self.value is None:
+                raise SteeringError(
+                    f"{what}: clamp needs a value (the projection to pin the activations to)"
+                )
+            try:
+                value = float(self.value)
+            except (TypeError, ValueError):
+                raise SteeringError(
+                    f"{what}: clamp value must be a number, not {self.value!r}"
+                ) from None
+            if not math.isfinite(value):
+                raise SteeringError(f"{what}: clamp value must be finite, not {value}")
+            self.value = value
+            if v.ndim == 2:
+                if v.shape[0] != 1:
+                    raise SteeringError(
+                        f"{what}: clamp takes one vector [d], got a basis {tuple(v.shape)}"
+                    )
+                v = v[0]
+            v = (v.double() / v.double().norm()).float()
+        self.vector = v.to("cpu", torch.float32).contiguous()
+        self.positions = check_positions(self.positions)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vector.shape[-1])
+
+    @classmethod
+    def from_directions(
+        cls,
+        ds,
+        site: str | Site,
+        op: str = "add",
+        alpha: float = 1.0,
+        *,
+        value: float | str | None = None,
+        unit: bool = True,
+        positions: str | torch.Tensor = "all",
+    ) -> Intervention:
+        """Build an intervention from a :class:`~saetools.directions.DirectionSet`.
+
+        ``add`` uses the unit vector (``unit=True``, default: ``alpha`` in activation units) or the
+        raw stored vector (``unit=False``); a basis file's first row. ``ablate`` uses the orthonormal
+        basis of all the site's rows. ``clamp`` uses the unit vector; ``value`` is a number or a
+        statistic recorded in the file: ``"aligned"`` (mean projection of aligned answers),
+        ``"misaligned"``, ``"test_aligned"``, ``"test_misaligned"``.
+        """
+        key = str(site)
+        if key not in ds:
+            raise SteeringError(
+                f"the direction file has no vector for site {key}; it has: {', '.join(ds.sites)}"
+            )
+        raw = ds.vector(key)
+        _check_vector(raw, f"direction at {key}")
+        if op == "add":
+            v = ds.unit(key) if unit else (raw[0] if raw.ndim == 2 else raw)
+        elif op == "ablate":
+            v = raw
+        elif op == "clamp":
+            v = ds.unit(key)
+            if isinstance(value, str):
+                value = _stat_value(ds, key, value)
+        else:
+            raise SteeringError(f"unknown op {op!r}; choose one of {', '.join(OPS)}")
+        return cls(site=key, vector=v, op=op, alpha=alpha, value=value, positions=positions)
+
+    # ---------------------------------------------------------------- use
+    def check(self, model: nn.Module) -> Site:
+        """Check the site exists in ``model`` and the vector has its width; return the parsed site."""
+        try:
+            site = parse_site(self.site, n_layers(model))
+        except ValueError as e:
+            raise SteeringError(str(e)) from e
+        width = d_model(model)
+        if self.d_model != width:
+            raise SteeringError(
+                f"{self.op} at {self.site}: the direction is {self.d_model} wide but the model's residual "
+                f"stream is {width} wide (a direction file made for another model?)"
+            )
+        return site
+
+    def _vec(self, h: torch.Tensor) -> torch.Tensor:
+        key = (h.dtype, h.device)
+        v = self._cache.get(key)
+        if v is None:
+            v = self.vector.to(device=h.device, dtype=h.dtype)
+            if self.op == "add":
+                v = v * torch.tensor(self.alpha, dtype=h.dtype, device=h.device)
+            self._cache[key] = v
+        return v
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        """The operator applied to every token of ``h [..., d]`` (positions are the caller's job)."""
+        v = self._vec(h)
+        if self.op == "add":
+            return h + v
+        if self.op == "ablate":
+            return ablate(h, v)
+        return clamp(h, v, self.value)
+
+
+def _stat_value(ds, site: str, key: str) -> float:
+    name = CLAMP_VALUE_KEYS.get(key)
+    if name is None:
+        try:
+            return float(key)
+        except ValueError:
+            raise SteeringError(
+                f"clamp value {key!r} is neither a number nor one of {', '.join(CLAMP_VALUE_KEYS)}"
+            ) from None
+    stats = ds.stats(site)
+    if name not in stats:
+        raise SteeringError(
+            f"the direction file records no {name} for {site}; give a number as the clamp value"
+        )
+    return float(stats[name])
+
+
+def parse_alphas(text: str | Sequence[float]) -> list[float]:
+    """``"-8,-4,0,4,8"`` (or ``"-8:8:4"`` as start:stop:step, stop included) -> list of floats."""
+    if not isinstance(text, str):
+        vals = [float(x) for x in text]
+    else:
+        t = text.strip()
+        try:
+            if re.fullmatch(r"[^,]+:[^,]+:[^,]+", t):
+                a, b, s = (float(x) for x in t.split(":"))
+                if s <= 0 or b < a:
+                    raise ValueError
+                n = int(math.floor((b - a) / s + 1e-9)) + 1
+                vals = [a + i * s for i in range(n)]
+            else:
+                vals = [float(x) for x in t.split(",") if x.strip()]
+        except ValueError:
+            raise SteeringError(
+                f"cannot parse alphas {text!r}: give comma-separated numbers like -8,-4,0,4,8 or start:stop:step"
+            ) from None
+    if not vals:
+        raise SteeringError("no alphas given")
+    if not all(math.isfinite(v) for v in vals):
+        raise SteeringError(f"alphas must be finite numbers, got {vals}")
+    return vals
+
+
+def parse_site_alphas(text: str | float) -> float | dict[str, float]:
+    """``"6"`` -> 6.0; ``"blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4"`` -> per-site dict."""
+    if not isinstance(text, str):
+        return float(text)
+    t = text.strip()
+    if "=" not in t:
+        try:
+            v = float(t)
+        except ValueError:
+            raise SteeringError(
+                f"cannot parse alpha {text!r}: give a number or site=alpha,site=alpha"
+            ) from None
+        if not math.isfinite(v):
+            raise SteeringError(f"alpha must be finite, not {v}")
+        return v
+    out = {}
+    for part in t.split(","):
+        if not part.strip():
+            continue
+        site, sep, val = part.partition("=")
+        try:
+            out[site.strip()] = float(val)
+        except ValueError:
+            raise SteeringError(
+                f"cannot parse per-site alpha {part!r}: expected site=number"
+            ) from None
+        if not sep or not site.strip() or not math.isfinite(out[site.strip()]):
+            raise SteeringError(f"cannot parse per-site alpha {part!r}: expected site=number")
+    return out
+
+
+def interventions_from_directions(
+    ds,
+    sites: str | Sequence[str],
+    op: str = "add",
+    alpha: float | dict[str, float] = 1.0,
+    *,
+    value: float | str | None = None,
+    unit: bool = True,
+    positions: str | torch.Tensor = "all",
+    n_layers: int | None = None,
+) -> list[Intervention]:
+    """One intervention per site. ``sites`` is a list, a comma list, or ``all`` (every site of the file
+    when ``n_layers`` is not given; else every block's ``hook_resid_post``, which the file must have).
+    ``alpha`` may be a per-site dict (sites missing from it are an error)."""
+    if isinstance(sites, str) and sites.strip() == "all" and n_layers is None:
+        names = list(ds.sites)
+    elif n_layers is not None:
+        try:
+            names = [s.name for s in parse_sites(sites, n_layers)]
+        except ValueError as e:
+            raise SteeringError(str(e)) from e
+    else:
+        names = (
+            [s.strip() for s in sites.split(",")]
+            if isinstance(sites, str)
+            else [str(s) for s in sites]
+        )
+    missing = [s for s in names if s not in ds]
+    if missing:
+        raise SteeringError(
+            f"the direction file has no vector for site(s) {', '.join(missing)}; it has: {', '.join(ds.sites)}"
+        )
+    if isinstance(alpha, dict):
+        extra = [s for s in alpha if s not in names]
+        if extra:
+            raise SteeringError(
+                f"per-site alphas name sites that are not steered: {', '.join(extra)}"
+            )
+        absent = [s for s in names if s not in alpha]
+        if absent and op == "add":
+            raise SteeringError(f"no alpha given for site(s) {', '.join(absent)}")
+    out = []
+    for s in names:
+        a = alpha.get(s, 0.0) if isinstance(alpha, dict) else alpha
+        out.append(
+            Intervention.from_directions(ds, s, op, a, value=value, unit=unit, positions=positions)
+        )
+    return out
