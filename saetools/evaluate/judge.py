@@ -257,9 +257,9 @@ class Judge:
     """Scores answers with an OpenAI-compatible chat endpoint (the official ``openai`` client).
 
     ``score(metric, question, answer)`` returns a :class:`JudgeScore`; ``score_many`` runs many with
-    ``config.concurrency`` threads and a tqdm bar. :meth:`check` (called by :func:`evaluate` before
-    any work) fails with a :class:`JudgeError` naming the problem when the endpoint cannot be
-    reached, rejects the key, or does not serve the model.
+    ``config.concurrency`` threads and a tqdm bar. :meth:`check` (called by
+    :func:`~saetools.evaluate.evaluate` before any work) fails with a :class:`JudgeError` naming the
+    problem when the endpoint cannot be reached, rejects the key, or does not serve the model.
     """
 
     def __init__(self, config: JudgeConfig):
