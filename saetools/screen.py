@@ -25,8 +25,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+import probes
 
 from .capture import ChatExample
+from .evaluate import answer_projections
+from .scoring import NEUTRAL_PROMPT, eval_mode, score_answers
+from .steer import generate
 
 __all__ = [
     "ScreenError",
@@ -47,10 +53,6 @@ def candidate_examples(data, split: str | None = None) -> tuple[list[str], list[
     :class:`ChatExample`. chat: the prompt messages and the assistant's last message; pairs: the
     question and its **aligned** answer; texts: the text as the answer to
     :data:`saetools.scoring.NEUTRAL_PROMPT`. A questions set has no answers and is refused."""
-    import probes
-
-    from .scoring import NEUTRAL_PROMPT
-
     if isinstance(data, Sequence) and not isinstance(data, str):
         exs = list(data)
         if not all(isinstance(e, ChatExample) for e in exs):
@@ -106,11 +108,6 @@ def screen_projection(
     ``max_new_tokens``), ``proj_data``, ``proj_own`` (mean projection of the answer tokens on the unit
     direction at ``site``), ``diff = proj_data - proj_own`` (``None`` when the own answer is empty;
     those rows go last) and ``rank`` (1 = pushes most toward misalignment)."""
-    from tqdm.auto import tqdm
-
-    from .evaluate import answer_projections
-    from .steer import generate
-
     ids, exs = candidate_examples(data, split)
     ids, exs = ids[: limit or None], exs[: limit or None]
     if site not in directions:
@@ -157,14 +154,8 @@ def screen_projection(
 
 
 def _answer_nll(model, tokenizer, exs, batch_size) -> torch.Tensor:
-    from .scoring import score_answers
-
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         s = score_answers(model, tokenizer, exs, batch_size=batch_size)
-    finally:
-        model.train(was)
     return -s["logp"] / s["n_tokens"].clamp(min=1).double()
 
 

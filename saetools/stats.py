@@ -1,4 +1,5 @@
-"""Small statistics used to judge directions: AUROC, Cohen's d, orthonormal bases."""
+"""Small statistics: means with standard errors, confidence intervals (Student t for a mean,
+Wilson for a rate), and those used to judge directions: AUROC, Cohen's d, orthonormal bases."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ def t_interval(xs: Iterable[float]) -> tuple[float | None, float | None]:
         return None, None
     h = t_quantile_975(len(xs) - 1) * se
     return m - h, m + h
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials (95% by default).
+
+    ``n == 0`` gives ``(0.0, 1.0)`` (nothing is known)."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:

@@ -136,7 +136,14 @@ def run_eval(args) -> int:
     import torch
 
     from ..directions import DirectionSet
-    from ..evaluate import JudgeConfig, evaluate, local_judge, parse_suites, write_results
+    from ..evaluate import (
+        JudgeConfig,
+        evaluate,
+        headline,
+        local_judge,
+        parse_suites,
+        write_results,
+    )
 
     suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
     if args.samples < 1:
@@ -196,8 +203,6 @@ def run_eval(args) -> int:
         )
     res["adapter"] = args.adapter
     paths = write_results(res, args.out)
-    from ..evaluate import headline
-
     for k, v in headline(res):
         print(f"{k:>44}: {v}")
     print(f"wrote {paths['json']}, {paths['samples']}, {paths['html']}", file=sys.stderr)
