@@ -12,11 +12,14 @@ Modules:
   computes, and the checks on their fields; :func:`ldifs_sites`.
 * :mod:`.penalties`: the math of each term as plain functions of logits and activations at the
   loss tokens.
+* :mod:`.resolve`: terms checked against the model and resolved to sites and orthonormal bases,
+  grouped by the batch they are computed on; Steer/Ablate terms as hooks.
 * :mod:`.reference`: θ0: the frozen copy or the adapters-off toggle, its forward pass, and
   unwrapping DDP / FSDP / compile wrappers.
+* :mod:`.passes`: θ's passes: the main pass and the directional KL's counterfactual pass.
 * :mod:`.batch`: the batch keys, the loss mask (Hugging Face shift), :func:`chat_batch`.
-* :mod:`.loss`: :class:`RegularizedLoss` (resolves terms to sites and bases, runs θ's and θ0's
-  passes, sums the terms) and :class:`RegularizedOutput`.
+* :mod:`.loss`: :class:`RegularizedLoss`, the driver (resolve once; per call: θ's pass, θ0's pass,
+  each term, the weighted sum) and :class:`RegularizedOutput`.
 """
 
 from __future__ import annotations

@@ -30,18 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..directions import DirectionFileError, DirectionSet
-from ..sae import SAEError
-from ..sites import Site, SiteError, hooks, n_layers, parse_sites
-from ..stats import orthonormal_basis
+from ..sites import Site, hooks, n_layers
 from ..steer import ablate as ablate_op
 from ..steer import add as add_op
-from .batch import forward_kwargs, loss_mask, model_inputs
+from .batch import loss_mask, model_inputs
+from .passes import counterfactual_logits, rng_state, theta_pass
 from .penalties import (
     cross_entropy,
     directional_l2_term,
@@ -50,22 +48,10 @@ from .penalties import (
     mean_shift,
     sae_latents_term,
     site_shifts,
-    undo_shift,
 )
 from .reference import choose_reference, reference_pass, unwrap
-from .terms import (
-    KL,
-    LDIFS,
-    SOURCES,
-    Ablate,
-    DirectionalKL,
-    DirectionalL2,
-    LossTerm,
-    SAELatents,
-    Steer,
-    Term,
-    ldifs_sites,
-)
+from .resolve import Intervention, TermGroup, resolve_terms
+from .terms import KL, LDIFS, SOURCES, Ablate, DirectionalL2, SAELatents, Steer, Term
 
 
 @dataclass
@@ -81,33 +67,6 @@ class RegularizedOutput:
     logs: dict[str, float]
     logits: torch.Tensor
     n_tokens: int = 0
-
-
-@dataclass
-class _Resolved:
-    term: LossTerm
-    sites: list[Site]
-    bases: dict[Site, torch.Tensor] = field(default_factory=dict)  # [k, d] float32 cpu
-
-
-@dataclass
-class _Group:
-    """Terms computed on one source (the training batch or an anchor batch)."""
-
-    source: str
-    terms: list[_Resolved]
-
-    @property
-    def act_sites(self) -> list[Site]:
-        return sorted({s for r in self.terms for s in r.sites})
-
-    @property
-    def needs_ref_logits(self) -> bool:
-        return any(isinstance(r.term, KL) for r in self.terms)
-
-    @property
-    def needs_reference(self) -> bool:
-        return bool(self.terms)
 
 
 class RegularizedLoss:
@@ -141,11 +100,13 @@ class RegularizedLoss:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"several terms are named {dup}; give each a distinct name=")
-        self._interventions: list[tuple[Site, object]] = []
-        self.steer_terms: list[Steer | Ablate] = []
-        resolved = self._resolve(terms, reference, force)
+        resolved, steer_terms, interventions = resolve_terms(
+            terms, reference if reference is not None else self.inner, self.n_layers, force=force
+        )
+        self.steer_terms: list[Steer | Ablate] = steer_terms
+        self._interventions: list[Intervention] = interventions
         self.groups = {
-            src: _Group(src, [r for r in resolved if r.term.on == src]) for src in SOURCES
+            src: TermGroup(src, [r for r in resolved if r.term.on == src]) for src in SOURCES
         }
         self.terms = terms
         needs_ref = any(g.needs_reference for g in self.groups.values())
@@ -175,76 +136,7 @@ class RegularizedLoss:
             )
         self._model, self.inner = model, inner
 
-    # ------------------------------------------------------------ set-up helpers
-    def _resolve(self, terms: list, reference: nn.Module | None, force: bool) -> list[_Resolved]:
-        """Check each term against the model; the loss terms with their sites and bases, in
-        order. Steer/Ablate terms go to ``steer_terms`` and their hooks to ``_interventions``."""
-        checked: set[int] = set()
-        resolved: list[_Resolved] = []
-        for t in terms:
-            if not isinstance(
-                t, DirectionalKL | DirectionalL2 | KL | LDIFS | SAELatents | Steer | Ablate
-            ):
-                raise TypeError(f"unknown term {t!r}")
-            ds = getattr(t, "directions", None)
-            if ds is not None and id(ds) not in checked:
-                try:
-                    ds.check_model(reference if reference is not None else self.inner, force=force)
-                except DirectionFileError as e:
-                    raise DirectionFileError(f"{type(t).__name__} {t.name!r}: {e}") from e
-                checked.add(id(ds))
-            if isinstance(t, Steer | Ablate):
-                self.steer_terms.append(t)
-            else:
-                resolved.append(self._resolve_loss_term(t, reference))
-        for t in self.steer_terms:
-            for s in self._parse(t, t.sites if t.sites is not None else t.directions.sites):
-                if isinstance(t, Steer):
-                    vec = self._unit(t, s)
-                    self._interventions.append((s, ("add", vec, t.alpha)))
-                else:
-                    self._interventions.append((s, ("ablate", self._basis(t, s), None)))
-        return resolved
-
-    def _resolve_loss_term(self, t: LossTerm, reference: nn.Module | None) -> _Resolved:
-        if isinstance(t, KL):
-            return _Resolved(t, [])
-        if isinstance(t, SAELatents):
-            try:
-                t.sae.check(reference if reference is not None else self.inner)
-            except SAEError as e:
-                raise SAEError(f"SAELatents {t.name!r}: {e}") from e
-            return _Resolved(t, self._parse(t, [t.sae.site]))
-        if isinstance(t, LDIFS):
-            spec = t.sites if t.sites is not None else ldifs_sites(self.n_layers)
-            return _Resolved(t, self._parse(t, spec))
-        r = _Resolved(t, self._parse(t, t.sites if t.sites is not None else t.directions.sites))
-        r.bases = {s: self._basis(t, s) for s in r.sites}
-        return r
-
-    def _parse(self, term, spec) -> list[Site]:
-        try:
-            return parse_sites(spec, self.n_layers)
-        except SiteError as e:
-            raise SiteError(f"{type(term).__name__} {term.name!r}: {e}") from e
-
-    def _basis(self, term, site: Site) -> torch.Tensor:
-        ds: DirectionSet = term.directions
-        if site.name not in ds:
-            raise DirectionFileError(
-                f"{type(term).__name__} {term.name!r}: the direction file has no vector for site "
-                f"{site.name}; it has: {', '.join(ds.sites)}"
-            )
-        try:  # float64, so that float64 models see an orthonormal basis to their precision
-            return orthonormal_basis(ds.vector(site.name).double())
-        except ValueError as e:
-            raise DirectionFileError(
-                f"{type(term).__name__} {term.name!r}: direction at {site.name}: {e}"
-            ) from e
-
-    def _unit(self, term, site: Site) -> torch.Tensor:
-        return self._basis(term, site)[0]
-
+    # ------------------------------------------------------------ hooks
     def _on(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         key = (id(t), like.device, like.dtype)
         v = self._dev_cache.get(key)
@@ -253,7 +145,6 @@ class RegularizedLoss:
             self._dev_cache[key] = v
         return v
 
-    # ------------------------------------------------------------ hooks
     def _intervention_fns(self) -> list[tuple[Site, object]]:
         fns = []
         for site, (op, vec, alpha) in self._interventions:
@@ -290,7 +181,7 @@ class RegularizedLoss:
                 self._active -= 1
 
     # ------------------------------------------------------------ passes
-    def _reference_pass(self, group: _Group, inputs) -> tuple[dict[Site, torch.Tensor], object]:
+    def _reference_pass(self, group: TermGroup, inputs) -> tuple[dict[Site, torch.Tensor], object]:
         return reference_pass(
             self.reference if self.reference is not None else self.inner,
             inputs,
@@ -299,50 +190,10 @@ class RegularizedLoss:
             adapters_of=self.inner if self.use_adapter_toggle else None,
         )
 
-    def _theta_pass(self, inputs, sites: Sequence[Site], *, grad_model: nn.Module):
-        store: dict[Site, torch.Tensor] = {}
-
-        def make(site):
-            def fn(h):
-                store[site] = h
-                return None
-
-            return fn
-
-        with hooks(self.inner, [(s, make(s)) for s in sites]):
-            logits = grad_model(**forward_kwargs(inputs)).logits
-        missing = [s.name for s in sites if s not in store]
-        if missing:
-            raise RuntimeError(f"the forward pass never reached sites {missing}")
-        return store, logits
-
-    def _counterfactual_logits(self, r: _Resolved, inputs, h0: dict[Site, torch.Tensor], rng):
-        """θ's logits with the shift along each site's basis undone (:func:`~.penalties.undo_shift`),
-        under the main pass's RNG state (same dropout); without gradient when the term detaches
-        its target."""
-        term: DirectionalKL = r.term  # type: ignore[assignment]
-
-        def make(site):
-            basis = r.bases[site]
-
-            def fn(h):
-                return undo_shift(h, h0[site], self._on(basis, h), term.one_sided)
-
-            return fn
-
-        ctx = torch.no_grad() if term.detach_target else torch.enable_grad()
-        devices = [rng[2]] if rng[1] is not None else []
-        with torch.random.fork_rng(devices=devices, device_type=rng[3]), ctx:
-            torch.set_rng_state(rng[0])
-            if rng[1] is not None:
-                torch.get_device_module(rng[3]).set_rng_state(rng[1], rng[2])
-            with hooks(self.inner, [(s, make(s)) for s in r.sites]):
-                return self.inner(**forward_kwargs(inputs)).logits
-
     # ------------------------------------------------------------ terms
     def _group_terms(
         self,
-        group: _Group,
+        group: TermGroup,
         inputs,
         store: dict[Site, torch.Tensor],
         logits: torch.Tensor,
@@ -372,7 +223,17 @@ class RegularizedLoss:
                 if isinstance(t, DirectionalL2):
                     val = directional_l2_term(deltas, t.one_sided, n)
                 else:
-                    cf = self._counterfactual_logits(r, inputs, h0, rng)
+                    cf = counterfactual_logits(
+                        self.inner,
+                        inputs,
+                        r.sites,
+                        r.bases,
+                        h0,
+                        rng,
+                        one_sided=t.one_sided,
+                        detach_target=t.detach_target,
+                        on=self._on,
+                    )
                     val = kl_term(cf, logits, mask, n)
             if not isinstance(val, torch.Tensor):
                 val = logits.new_zeros((), dtype=torch.float32)
@@ -413,8 +274,8 @@ class RegularizedLoss:
         out_terms: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
         with self.interventions():
-            rng = _rng_state(device)
-            store, logits = self._theta_pass(inputs, bgroup.act_sites, grad_model=self.model)
+            rng = rng_state(device)
+            store, logits = theta_pass(self.inner, self.model, inputs, bgroup.act_sites)
             mask, targets = loss_mask(inputs)
             n = int(mask.sum())
             task = cross_entropy(logits, mask, targets, n)
@@ -425,10 +286,8 @@ class RegularizedLoss:
                 a_inputs = model_inputs(
                     anchor if anchor is not None else self._next_anchor(), device
                 )
-                a_rng = _rng_state(device)
-                a_store, a_logits = self._theta_pass(
-                    a_inputs, agroup.act_sites, grad_model=self.model
-                )
+                a_rng = rng_state(device)
+                a_store, a_logits = theta_pass(self.inner, self.model, a_inputs, agroup.act_sites)
                 self._group_terms(agroup, a_inputs, a_store, a_logits, a_rng, out_terms, logs)
         return self._output(task, out_terms, logs, logits, n)
 
@@ -452,13 +311,3 @@ class RegularizedLoss:
         return RegularizedOutput(
             loss=loss, task_loss=task, terms=out_terms, logs=flat, logits=logits, n_tokens=n
         )
-
-
-def _rng_state(device: torch.device):
-    """CPU and accelerator RNG states, so the counterfactual pass sees the main pass's dropout."""
-    cpu = torch.get_rng_state()
-    if device.type == "cpu":
-        return (cpu, None, None, "cuda")
-    mod = torch.get_device_module(device.type)
-    idx = device.index if device.index is not None else mod.current_device()
-    return (cpu, mod.get_rng_state(idx), idx, device.type)
