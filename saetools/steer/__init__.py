@@ -33,6 +33,7 @@ Everything the single module ``saetools/steer.py`` exported is importable from
 
 from __future__ import annotations
 
+from ..callable_package import make_callable
 from ..capture import pad_token_id
 from .generation import as_messages, context_length, encode_prompts, generate
 from .hooks import steer
@@ -71,3 +72,6 @@ __all__ = [
     "steer_tl",
     "tl_fwd_hooks",
 ]
+
+# ``saetools.steer(model, interventions)`` works like ``saetools.steer.steer`` (see callable_package).
+make_callable(__name__, steer)

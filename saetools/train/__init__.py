@@ -31,6 +31,7 @@ Modules:
 
 from __future__ import annotations
 
+from ..callable_package import make_callable
 from .checkpoints import RunMismatchError, check_run_folder
 from .config import REGULARIZERS, TrainConfig, build_terms, parse_regularizers
 from .data import (
@@ -83,3 +84,7 @@ def __getattr__(name):
         globals()[name] = cls
         return cls
     raise AttributeError(name)
+
+
+# ``saetools.train(model, tokenizer, config)`` works like ``saetools.train.train``.
+make_callable(__name__, train)
