@@ -97,13 +97,15 @@ class RunMismatchError(ValueError):
 # Data
 
 
-def load_chat_data(data, split: str | None = None) -> list[ChatExample]:
-    """Chat examples (prompt messages + assistant answer) from a chat probe set name or JSONL path,
-    a loaded chat ProbeSet, or a list of ChatExample."""
+def load_chat_data(data, split: str | None = None, **load_options) -> list[ChatExample]:
+    """Chat examples (prompt messages + assistant answer) from a chat probe set name or a path (a
+    JSONL file, ``{"messages": [...]}`` records without ids, a parquet file or ``datasets`` folder
+    with a ``messages`` column: see :func:`probes.load`, which gets ``load_options``), a loaded
+    chat ProbeSet, or a list of ChatExample."""
     if isinstance(data, Sequence) and not isinstance(data, str):
         if all(isinstance(x, ChatExample) for x in data):
             return list(data)
-    ps = probes.as_set(data)
+    ps = probes.as_set(data, **load_options)
     if getattr(ps, "kind", None) != "chat":
         raise TrainingDataError(
             f"training data {getattr(ps, 'name', data)!r} is a {getattr(ps, 'kind', '?')!r} set; "
@@ -421,6 +423,9 @@ class TrainConfig:
     latents: str | None = None
     interleave: float = 0.0
     interleave_data: str = "general-safe"
+    # how ``data`` is read when it is not in saetools' schema: probes.load's columns,
+    # test_fraction, split_seed (None: the defaults)
+    data_options: dict | None = None
     max_length: int = 128
     force: bool = False
     extra: dict = field(default_factory=dict)
@@ -747,12 +752,12 @@ def train(
     out = Path(out)
     start = check_run_folder(out, cfg, resume)
     anchor_exs = anchor_examples(cfg.anchor) if cfg.anchor else None
-    train_exs = load_chat_data(cfg.data, "train")
+    train_exs = load_chat_data(cfg.data, "train", **(cfg.data_options or {}))
     if cfg.interleave:
         safe = load_chat_data(cfg.interleave_data, "train")
         train_exs = interleave(train_exs, safe, cfg.interleave, seed=cfg.seed)
     try:
-        test_exs = load_chat_data(cfg.data, "test")
+        test_exs = load_chat_data(cfg.data, "test", **(cfg.data_options or {}))
     except ValueError:
         test_exs = []
     pairs = eval_pairs(cfg.eval_probes, cfg.eval_pairs)
