@@ -249,17 +249,17 @@ def _keep(rec: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
 
 
 def _presence(records: list[tuple[str, dict[str, Any]]], field: str) -> str:
-    """``"given"`` when every record has ``field``, ``"absent"`` when none has; else an error."""
-    have = [where for where, rec in records if field in rec]
-    if not have:
-        return "absent"
-    if len(have) == len(records):
-        return "given"
-    lacking = next(where for where, rec in records if field not in rec)
-    raise ProbeFormatError(
-        f'{lacking}: no "{field}" here, but {have[0]} has one; give every record '
-        f'a "{field}" or none'
-    )
+    """``"given"`` when every record has ``field``, ``"absent"`` when none has; else an error at
+    the first record that differs from the first record."""
+    first_where, first = records[0]
+    odd = next(((w, r) for w, r in records if (field in r) != (field in first)), None)
+    if odd is None:
+        return "given" if field in first else "absent"
+    if field in first:
+        msg = f'no field "{field}" here, but {first_where} has one'
+    else:
+        msg = f'field "{field}" given here, but not at {first_where}'
+    raise ProbeFormatError(f"{odd[0]}: {msg}; give it in every record or in none")
 
 
 def _derive_ids(kind: str, records: list[tuple[str, dict[str, Any]]]) -> None:
