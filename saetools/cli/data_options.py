@@ -10,14 +10,15 @@ import argparse
 
 def add_format_options(p: argparse.ArgumentParser, what: str, *, columns: bool = True) -> None:
     """``--columns``, ``--test-fraction`` and ``--split-seed`` for the data option ``what``
-    (e.g. ``"--probes"``)."""
+    (e.g. ``"--probes"``). Not given, they are absent from the namespace (their defaults are
+    :func:`probes.load`'s, named in the help)."""
     g = p.add_argument_group(
         f"data in other formats ({what}: CSV/TSV, parquet, a datasets folder, JSONL without ids)"
     )
     if columns:
         g.add_argument(
             "--columns",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar="FIELD=COLUMN,...",
             help=f"read {what} with these columns as saetools' fields, e.g. "
             "question=prompt,aligned=good,misaligned=bad (also id, split, theme, system, "
@@ -26,7 +27,7 @@ def add_format_options(p: argparse.ArgumentParser, what: str, *, columns: bool =
     g.add_argument(
         "--test-fraction",
         type=float,
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="F",
         help=f"records of {what} without a split: this fraction goes to the test split, "
         "drawn with --split-seed (default 0.1)",
@@ -34,7 +35,7 @@ def add_format_options(p: argparse.ArgumentParser, what: str, *, columns: bool =
     g.add_argument(
         "--split-seed",
         type=int,
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="N",
         help="seed of that split (default 0)",
     )
