@@ -6,6 +6,7 @@ import argparse
 import time
 
 from .common import add_model_options, check_output_path, load_model_from_args
+from .data_options import add_format_options, load_set
 
 
 def register(sub) -> None:
@@ -23,8 +24,10 @@ def register(sub) -> None:
     p.add_argument(
         "--probes",
         default="em-core",
-        help="built-in probe set name (see `saetools probes`) or a path to a pairs JSONL file",
+        help="built-in probe set name (see `saetools probes`) or a path to a pairs file "
+        "(JSONL, CSV/TSV, parquet or a datasets folder; see --columns)",
     )
+    add_format_options(p, "--probes")
     p.add_argument(
         "--method",
         default="diffmeans",
@@ -91,8 +94,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import probes
-
     from ..distributed import init_from_env
     from ..extract.diffmeans import extract_diffmeans
     from ..plots import layer_report, write_html
@@ -112,7 +113,7 @@ def run(args) -> int:
         from ..sae import parse_latents
 
         parse_latents(args.latents)
-    ps = probes.load(args.probes)
+    ps = load_set(args.probes, args)
     # Under torchrun / accelerate launch: join the process group, one device per rank; each rank
     # captures a share of the examples, rank 0 writes (see docs/scaling.md).
     launch = init_from_env(args.device)

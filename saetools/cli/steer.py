@@ -8,6 +8,7 @@ import json
 import sys
 
 from .common import add_model_options, check_output_path, load_model_from_args
+from .data_options import add_format_options, load_set
 
 # Alphas like "-8,-4,0,4,8" start with "-": the parser (cli.common.ArgumentParser) reads an argument
 # that starts with a negative number (lists and ranges included) as a value, not as an option.
@@ -148,7 +149,10 @@ def _register_sweep(sub) -> None:
     s.add_argument(
         "--alphas", default="-8,-4,0,4,8", help="comma-separated alphas, or start:stop:step"
     )
-    s.add_argument("--probes", default="em-core", help="pairs probe set (name or JSONL path)")
+    s.add_argument(
+        "--probes", default="em-core", help="pairs probe set (name, or a file: see --columns)"
+    )
+    add_format_options(s, "--probes")
     s.add_argument("--split", default="test", help="probe split: train, test or all")
     s.add_argument(
         "--neutral", default="neutral", help="texts probe set for perplexity ('none' to skip)"
@@ -351,6 +355,7 @@ def run_sweep(args) -> int:
     alphas = parse_alphas(args.alphas)
     if html is None and jpath is None:
         print("saetools sweep: no --out or --json given; printing results only", file=sys.stderr)
+    pairs = load_set(args.probes, args, "pairs")
     lm, ds = _load(args)
     res = sweep(
         lm.model,
@@ -358,7 +363,7 @@ def run_sweep(args) -> int:
         ds,
         args.site,
         alphas,
-        probes=args.probes,
+        probes=pairs,
         split=args.split,
         neutral=None if args.neutral == "none" else args.neutral,
         unit=args.unit,

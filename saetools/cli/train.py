@@ -6,6 +6,7 @@ import argparse
 import math
 
 from .common import add_model_options
+from .data_options import add_format_options, format_options
 
 
 def _float(text: str) -> float:
@@ -29,8 +30,12 @@ def register(sub) -> None:
     )
     add_model_options(p)
     p.add_argument(
-        "--data", required=True, help="chat probe set name (e.g. narrow-medical-bad) or JSONL path"
+        "--data",
+        required=True,
+        help="chat probe set name (e.g. narrow-medical-bad), or a JSONL/parquet file or a "
+        "datasets folder with a 'messages' column (see --test-fraction)",
     )
+    add_format_options(p, "--data")
     p.add_argument(
         "--regularizer",
         action="append",
@@ -134,6 +139,7 @@ def config_from_args(args):
         interleave_data=args.interleave_data,
         max_length=args.max_length,
         force=args.force,
+        data_options=format_options(args) or None,
     )
     return cfg
 
@@ -143,7 +149,7 @@ def preflight(cfg, args) -> None:
     from ..train import anchor_examples, check_run_folder, load_chat_data
 
     cfg.validate()
-    load_chat_data(cfg.data, "train")
+    load_chat_data(cfg.data, "train", **(cfg.data_options or {}))
     if cfg.anchor:
         anchor_examples(cfg.anchor)
     if cfg.interleave:

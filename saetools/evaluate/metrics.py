@@ -37,6 +37,7 @@ from ..train import TrainingDataError, eval_batches, load_chat_data
 from .errors import EvaluationError
 
 __all__ = [
+    "DEFAULT_SAMPLES",
     "Sample",
     "answer_projections",
     "held_out_loss",
@@ -46,7 +47,10 @@ __all__ = [
     "paired_shift",
     "parse_opswap_answer",
     "sample_answers",
+    "samples_per_question",
 ]
+
+DEFAULT_SAMPLES = 4  # answers per question when neither the caller nor the question says
 
 
 @dataclass
@@ -67,11 +71,19 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+def samples_per_question(item, n: int | None = None) -> int:
+    """Answers to sample for a question: ``n`` when given, else the question's own count, else
+    :data:`DEFAULT_SAMPLES`."""
+    if n is not None:
+        return n
+    return item.samples or DEFAULT_SAMPLES
+
+
 def sample_answers(
     model: nn.Module,
     tokenizer,
     questions="em-eval",
-    n: int = 4,
+    n: int | None = None,
     interventions: Sequence = (),
     *,
     temperature: float = 1.0,
@@ -82,14 +94,16 @@ def sample_answers(
     progress: bool = True,
 ) -> list[Sample]:
     """``n`` answers per question (a ``questions`` probe set or its name), sampled at
-    ``temperature`` (1 by default) with the interventions applied, seeded once with ``seed``."""
-    if n < 1:
+    ``temperature`` (1 by default) with the interventions applied, seeded once with ``seed``.
+    ``n=None``: each question's own count (``samples_per_paraphrase`` of a question YAML file),
+    else :data:`DEFAULT_SAMPLES`."""
+    if n is not None and n < 1:
         raise EvaluationError(f"samples per question must be >= 1, not {n}")
     ps = probes.as_set(questions)
     items = [it for it in ps.items if it.question]
     if not items:
         raise EvaluationError(f"probe set {ps.name!r} has no questions to sample answers for")
-    jobs = [(it, j) for it in items for j in range(n)]
+    jobs = [(it, j) for it in items for j in range(samples_per_question(it, n))]
     prompts = []
     for it, _ in jobs:
         msgs = [{"role": "system", "content": it.system}] if it.system else []

@@ -54,6 +54,9 @@ class TrainConfig:
     latents: str | None = None
     interleave: float = 0.0
     interleave_data: str = "general-safe"
+    # how ``data`` is read when it is not in saetools' schema: probes.load's columns,
+    # test_fraction, split_seed (None: the defaults)
+    data_options: dict | None = None
     max_length: int = 128
     force: bool = False
     extra: dict = field(default_factory=dict)

@@ -23,13 +23,15 @@ class TrainingDataError(ValueError):
     """Training data that cannot be used (wrong kind, empty, no answers)."""
 
 
-def load_chat_data(data, split: str | None = None) -> list[ChatExample]:
-    """Chat examples (prompt messages + assistant answer) from a chat probe set name or JSONL path,
-    a loaded chat ProbeSet, or a list of ChatExample."""
+def load_chat_data(data, split: str | None = None, **load_options) -> list[ChatExample]:
+    """Chat examples (prompt messages + assistant answer) from a chat probe set name or a path (a
+    JSONL file, ``{"messages": [...]}`` records without ids, a parquet file or ``datasets`` folder
+    with a ``messages`` column: see :func:`probes.load`, which gets ``load_options``), a loaded
+    chat ProbeSet, or a list of ChatExample."""
     if isinstance(data, Sequence) and not isinstance(data, str):
         if all(isinstance(x, ChatExample) for x in data):
             return list(data)
-    ps = probes.as_set(data)
+    ps = probes.as_set(data, **load_options)
     if getattr(ps, "kind", None) != "chat":
         raise TrainingDataError(
             f"training data {getattr(ps, 'name', data)!r} is a {getattr(ps, 'kind', '?')!r} set; "

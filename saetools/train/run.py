@@ -85,12 +85,12 @@ class _Examples:
 
 def _load_examples(cfg: TrainConfig) -> _Examples:
     anchor_exs = anchor_examples(cfg.anchor) if cfg.anchor else None
-    train_exs = load_chat_data(cfg.data, "train")
+    train_exs = load_chat_data(cfg.data, "train", **(cfg.data_options or {}))
     if cfg.interleave:
         safe = load_chat_data(cfg.interleave_data, "train")
         train_exs = interleave(train_exs, safe, cfg.interleave, seed=cfg.seed)
     try:
-        test_exs = load_chat_data(cfg.data, "test")
+        test_exs = load_chat_data(cfg.data, "test", **(cfg.data_options or {}))
     except ValueError:
         test_exs = []
     pairs = eval_pairs(cfg.eval_probes, cfg.eval_pairs)
