@@ -28,9 +28,10 @@ with gradient, and one more θ pass per group for :class:`DirectionalKL`. See do
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,12 +40,17 @@ from ..sites import Site, hooks, n_layers
 from ..steer import ablate as ablate_op
 from ..steer import add as add_op
 from .batch import loss_mask, model_inputs
-from .passes import counterfactual_logits, rng_state, theta_pass
+from .head import HeadMismatchError, HeadTap, head_matches
+from .passes import counterfactual_logits, rng_state, set_rng, theta_pass
 from .penalties import (
+    HeadRows,
+    at_tokens,
+    chunked_logit_sums,
     cross_entropy,
     directional_l2_term,
     kl_term,
     ldifs_term,
+    logit_stats,
     mean_shift,
     sae_latents_term,
     site_shifts,
@@ -53,20 +59,47 @@ from .reference import choose_reference, reference_pass, unwrap
 from .resolve import Intervention, TermGroup, resolve_terms
 from .terms import KL, LDIFS, SOURCES, Ablate, DirectionalL2, SAELatents, Steer, Term
 
+# loss tokens per chunk of the LM head (docs/regularizers.md: measured on CPU at vocabularies of
+# 49,152 and 151,936)
+DEFAULT_LOGIT_CHUNK = 1024
+
 
 @dataclass
 class RegularizedOutput:
     """``loss = task_loss + Σ weight * terms[name]``. ``terms`` hold unweighted values (with grad);
     ``logs`` plain floats: ``loss``, ``task_loss``, each term, ``<term>/shift`` (mean over tokens and
     sites of the shift along the first basis row, for direction terms), ``n_tokens``.
-    ``logits`` are the main pass's logits ``[b, t, vocab]``."""
+    :attr:`logits` are the main pass's logits ``[b, t, vocab]``: with the chunked logit terms (the
+    default) they are computed from the final hidden states on first access (a full-vocabulary
+    tensor: prefer :meth:`token_stats` for metrics)."""
 
     loss: torch.Tensor
     task_loss: torch.Tensor
     terms: dict[str, torch.Tensor]
     logs: dict[str, float]
-    logits: torch.Tensor
     n_tokens: int = 0
+    full_logits: torch.Tensor | None = field(default=None, repr=False)
+    hidden: torch.Tensor | None = field(default=None, repr=False)  # [b, t, d], chunked form
+    rows: HeadRows | None = field(default=None, repr=False)  # θ at the loss tokens, chunked form
+    labels: torch.Tensor | None = field(default=None, repr=False)  # [n]
+    mask: torch.Tensor | None = field(default=None, repr=False)  # [b, t - 1]
+    chunk: int = 0
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """θ's logits ``[b, t, vocab]`` of the main pass."""
+        if self.full_logits is None and self.hidden is not None and self.rows is not None:
+            self.full_logits = self.rows.head(self.hidden)
+        return self.full_logits
+
+    def token_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the entropies, count of argmax-correct predictions) of θ's next-token
+        distributions at the loss tokens, without gradient, chunked like the terms."""
+        with torch.no_grad():
+            if self.rows is not None:
+                return logit_stats(self.rows, self.labels, self.chunk)
+            rows = HeadRows(at_tokens(self.full_logits, self.mask), lambda z: z)
+            return logit_stats(rows, self.labels, max(1, self.n_tokens))
 
 
 class RegularizedLoss:
@@ -78,7 +111,10 @@ class RegularizedLoss:
     disabled (no extra memory). Otherwise, if a loss term needs θ0 and none is given, a deep copy is
     made once, frozen and put in eval mode (it costs one more copy of the weights). ``anchor``: an
     iterable of anchor batches (cycled) for terms with ``on="anchor"``. ``force``: accept direction
-    files made for another model of the same width.
+    files made for another model of the same width. ``logit_chunk``: the task loss, :class:`KL` and
+    :class:`DirectionalKL` run the LM head on this many loss tokens at a time, from the final
+    hidden states (exact, and at most one chunk's logits in memory; see docs/regularizers.md);
+    ``None``: every pass computes its full ``[b, t, vocab]`` logits, as before.
 
     θ0's passes run in eval mode (no dropout). Each call returns a :class:`RegularizedOutput`;
     hooks are installed for the call only and removed afterwards, also after exceptions.
@@ -92,7 +128,14 @@ class RegularizedLoss:
         *,
         anchor: Iterable[Mapping[str, torch.Tensor]] | None = None,
         force: bool = False,
+        logit_chunk: int | None = DEFAULT_LOGIT_CHUNK,
     ) -> None:
+        if logit_chunk is not None and (
+            isinstance(logit_chunk, bool) or not isinstance(logit_chunk, int) or logit_chunk < 1
+        ):
+            raise ValueError(f"logit_chunk must be a positive integer or None, not {logit_chunk!r}")
+        self.logit_chunk = logit_chunk
+        self._head_checked = False  # the first chunked call compares one position with the model's
         self.model = model  # sets self.inner too
         self.n_layers = n_layers(self.inner)
         terms = list(terms)
@@ -181,14 +224,60 @@ class RegularizedLoss:
                 self._active -= 1
 
     # ------------------------------------------------------------ passes
-    def _reference_pass(self, group: TermGroup, inputs) -> tuple[dict[Site, torch.Tensor], object]:
-        return reference_pass(
-            self.reference if self.reference is not None else self.inner,
+    def _tap(self, model: nn.Module) -> HeadTap | None:
+        """A :class:`HeadTap` for the chunked logit terms (keeping one position of the model's own
+        logits on the first call, to check :func:`head_fn` against them), else None."""
+        if self.logit_chunk is None:
+            return None
+        return HeadTap(model, keep=0 if self._head_checked else 1)
+
+    def _rows(self, tap, logits, mask, head_of, *, fixed: bool, adapters_off=None) -> HeadRows:
+        """The tapped pass's hidden states at the loss tokens, with the head of ``head_of``."""
+        hidden = tap.result()
+        head = tap.head(head_of, adapters_off=adapters_off)
+        if not head_matches(logits, hidden, head):
+            raise HeadMismatchError(
+                f"the logits of {type(head_of).__name__} are not its output embeddings applied to "
+                "its final hidden states (unknown post-processing)"
+            )
+        return HeadRows(at_tokens(hidden, mask), head, fixed)
+
+    def _reference_pass(self, group: TermGroup, inputs, mask):
+        """θ0's activations at the group's sites and, when :class:`KL` needs them, its logits
+        (full, or :class:`HeadRows` at the loss tokens in the chunked form)."""
+        ref = self.reference if self.reference is not None else self.inner
+        toggle = self.inner if self.use_adapter_toggle else None
+        tap = self._tap(ref) if group.needs_ref_logits else None
+        h0, logits = reference_pass(
+            ref,
             inputs,
             group.act_sites,
             need_logits=group.needs_ref_logits,
-            adapters_of=self.inner if self.use_adapter_toggle else None,
+            adapters_of=toggle,
+            tap=tap,
         )
+        if tap is not None:
+            logits = self._rows(tap, logits, mask, ref, fixed=True, adapters_off=toggle)
+        return h0, logits
+
+    def _counterfactual(self, r, t, inputs, h0, rng, mask):
+        """:class:`DirectionalKL`'s target: the counterfactual pass's logits (or rows)."""
+        tap = self._tap(self.inner)
+        cf = counterfactual_logits(
+            self.inner,
+            inputs,
+            r.sites,
+            r.bases,
+            h0,
+            rng,
+            one_sided=t.one_sided,
+            detach_target=t.detach_target,
+            on=self._on,
+            tap=tap,
+        )
+        if tap is not None:
+            cf = self._rows(tap, cf, mask, self.inner, fixed=t.detach_target)
+        return cf
 
     # ------------------------------------------------------------ terms
     def _group_terms(
@@ -196,20 +285,23 @@ class RegularizedLoss:
         group: TermGroup,
         inputs,
         store: dict[Site, torch.Tensor],
-        logits: torch.Tensor,
+        mask: torch.Tensor,
         rng,
-        out_terms: dict[str, torch.Tensor],
+        out_terms: dict[str, torch.Tensor | None],
         logs: dict[str, torch.Tensor],
-    ) -> None:
-        """Each term of ``group`` into ``out_terms`` (and its extra logs into ``logs``), from θ's
-        pass (``store``, ``logits``) and one θ0 pass on the same ``inputs``."""
-        h0, ref_logits = self._reference_pass(group, inputs)
-        mask, _ = loss_mask(inputs)
+    ) -> list[tuple[str, torch.Tensor | HeadRows]]:
+        """Each activation term of ``group`` into ``out_terms`` (and its extra logs into ``logs``),
+        from θ's activations ``store`` and one θ0 pass on the same ``inputs``. The logit terms
+        (:class:`KL`, :class:`DirectionalKL`) get a placeholder, and their targets are returned,
+        to be computed with θ's logits by :meth:`_logit_terms`."""
+        h0, ref_logits = self._reference_pass(group, inputs, mask)
         n = int(mask.sum())
+        targets: list[tuple[str, torch.Tensor | HeadRows]] = []
         for r in group.terms:
             t = r.term
+            val = None
             if isinstance(t, KL):
-                val = kl_term(ref_logits, logits, mask, n)
+                targets.append((t.name, ref_logits))
             elif isinstance(t, SAELatents):
                 s = r.sites[0]
                 t.sae._on(store[s])
@@ -223,21 +315,25 @@ class RegularizedLoss:
                 if isinstance(t, DirectionalL2):
                     val = directional_l2_term(deltas, t.one_sided, n)
                 else:
-                    cf = counterfactual_logits(
-                        self.inner,
-                        inputs,
-                        r.sites,
-                        r.bases,
-                        h0,
-                        rng,
-                        one_sided=t.one_sided,
-                        detach_target=t.detach_target,
-                        on=self._on,
-                    )
-                    val = kl_term(cf, logits, mask, n)
-            if not isinstance(val, torch.Tensor):
-                val = logits.new_zeros((), dtype=torch.float32)
-            out_terms[t.name] = val
+                    targets.append((t.name, self._counterfactual(r, t, inputs, h0, rng, mask)))
+            if val is not None and not isinstance(val, torch.Tensor):
+                val = mask.new_zeros((), dtype=torch.float32)
+            out_terms[t.name] = val  # None: a logit term, filled in by _logit_terms
+        return targets
+
+    def _logit_terms(self, theta, targets, mask, labels, n: int, out_terms) -> torch.Tensor | None:
+        """The task cross-entropy (when ``labels`` are given; returned) and each logit term's
+        ``KL(target ‖ p)`` (into ``out_terms``): from full logits, or chunked from rows."""
+        if isinstance(theta, HeadRows):
+            sums = chunked_logit_sums(theta, [x for _, x in targets], labels, self.logit_chunk)
+            vals = list(sums / max(n, 1))
+            task = vals.pop(0) if labels is not None else None
+        else:
+            task = cross_entropy(theta, mask, labels, n) if labels is not None else None
+            vals = [kl_term(x, theta, mask, n) for _, x in targets]
+        for (name, _), v in zip(targets, vals, strict=True):
+            out_terms[name] = v
+        return task
 
     def _next_anchor(self):
         if self._anchor_src is None:
@@ -270,28 +366,68 @@ class RegularizedLoss:
         -100 where no loss; optional ``position_ids``). ``anchor``: this step's anchor batch."""
         device = next(self.inner.parameters()).device
         inputs = model_inputs(batch, device)
+        a_inputs = None
+        if self.groups["anchor"].terms:
+            a_inputs = model_inputs(anchor if anchor is not None else self._next_anchor(), device)
+        rng = rng_state(device)
+        try:
+            out = self._step(inputs, a_inputs, rng, device)
+        except HeadMismatchError as e:
+            if self.logit_chunk is None or self._head_checked:
+                raise
+            warnings.warn(
+                f"chunked logit terms are off for this model ({e}); every pass now computes its "
+                "full logits (logit_chunk=None)",
+                stacklevel=2,
+            )
+            self.logit_chunk = None
+            set_rng(rng)  # the step again, as if the first try had not run
+            out = self._step(inputs, a_inputs, rng, device)
+        self._head_checked = True
+        return out
+
+    def _step(self, inputs, a_inputs, rng, device) -> RegularizedOutput:
+        """One call: θ's pass, the batch group's terms, then the anchor group's."""
         bgroup, agroup = self.groups["batch"], self.groups["anchor"]
         out_terms: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
         with self.interventions():
-            rng = rng_state(device)
-            store, logits = theta_pass(self.inner, self.model, inputs, bgroup.act_sites)
-            mask, targets = loss_mask(inputs)
+            tap = self._tap(self.inner)
+            store, logits = theta_pass(self.inner, self.model, inputs, bgroup.act_sites, tap)
+            mask, labels = loss_mask(inputs)
             n = int(mask.sum())
-            task = cross_entropy(logits, mask, targets, n)
+            theta = (
+                logits if tap is None else self._rows(tap, logits, mask, self.inner, fixed=False)
+            )
+            targets = []
             if bgroup.terms:
-                self._group_terms(bgroup, inputs, store, logits, rng, out_terms, logs)
+                targets = self._group_terms(bgroup, inputs, store, mask, rng, out_terms, logs)
             del store
+            task = self._logit_terms(theta, targets, mask, labels, n, out_terms)
             if agroup.terms:
-                a_inputs = model_inputs(
-                    anchor if anchor is not None else self._next_anchor(), device
-                )
                 a_rng = rng_state(device)
-                a_store, a_logits = theta_pass(self.inner, self.model, a_inputs, agroup.act_sites)
-                self._group_terms(agroup, a_inputs, a_store, a_logits, a_rng, out_terms, logs)
-        return self._output(task, out_terms, logs, logits, n)
+                a_tap = self._tap(self.inner)
+                a_store, a_logits = theta_pass(
+                    self.inner, self.model, a_inputs, agroup.act_sites, a_tap
+                )
+                a_mask, _ = loss_mask(a_inputs)
+                a_theta = a_logits
+                if a_tap is not None:
+                    a_theta = self._rows(a_tap, a_logits, a_mask, self.inner, fixed=False)
+                a_targets = self._group_terms(
+                    agroup, a_inputs, a_store, a_mask, a_rng, out_terms, logs
+                )
+                del a_store
+                self._logit_terms(a_theta, a_targets, a_mask, None, int(a_mask.sum()), out_terms)
+        out = self._output(task, out_terms, logs, n)
+        out.mask, out.labels = mask, labels
+        if tap is None:
+            out.full_logits = logits
+        else:
+            out.hidden, out.rows, out.chunk = tap.result(), theta, self.logit_chunk
+        return out
 
-    def _output(self, task, out_terms, logs, logits, n: int) -> RegularizedOutput:
+    def _output(self, task, out_terms, logs, n: int) -> RegularizedOutput:
         """``loss = task + Σ weight * term`` (terms of weight 0 are left out of the sum) and the
         logs as plain floats, read from the device in one transfer."""
         loss = task
@@ -308,6 +444,4 @@ class RegularizedLoss:
         ).tolist()
         flat = dict(zip(keys, vals, strict=True))
         flat["n_tokens"] = float(n)
-        return RegularizedOutput(
-            loss=loss, task_loss=task, terms=out_terms, logs=flat, logits=logits, n_tokens=n
-        )
+        return RegularizedOutput(loss=loss, task_loss=task, terms=out_terms, logs=flat, n_tokens=n)

@@ -1,16 +1,21 @@
 """θ's forward passes: the main pass (with gradient, recording activations at the terms' sites)
 and :class:`~.terms.DirectionalKL`'s counterfactual pass, which replays the main pass's RNG state
-so that both see the same dropout. θ0's pass is in :mod:`.reference`."""
+so that both see the same dropout. θ0's pass is in :mod:`.reference`.
+
+Each pass takes an optional :class:`~.head.HeadTap`: it then records the final hidden states and
+skips (most of) the LM head, for the chunked logit terms."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from ..sites import Site, hooks
 from .batch import forward_kwargs
+from .head import HeadTap
 from .penalties import OnDevice, undo_shift
 
 
@@ -24,14 +29,23 @@ def rng_state(device: torch.device):
     return (cpu, mod.get_rng_state(idx), idx, device.type)
 
 
+def set_rng(rng) -> None:
+    """Go back to a state from :func:`rng_state` (to rerun a step exactly)."""
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.get_device_module(rng[3]).set_rng_state(rng[1], rng[2])
+
+
 def theta_pass(
     inner: nn.Module,
     grad_model: nn.Module,
     inputs: Mapping[str, torch.Tensor],
     sites: Sequence[Site],
+    tap: HeadTap | None = None,
 ) -> tuple[dict[Site, torch.Tensor], torch.Tensor]:
     """θ's activations at ``sites`` (hooks on ``inner``, not detached) and its logits, from a pass
-    through ``grad_model`` (``inner`` itself or the wrapper the trainer built, e.g. DDP)."""
+    through ``grad_model`` (``inner`` itself or the wrapper the trainer built, e.g. DDP); with a
+    ``tap``, the logits of the tap's ``keep`` positions only, the hidden states in the tap."""
     store: dict[Site, torch.Tensor] = {}
 
     def make(site):
@@ -41,7 +55,7 @@ def theta_pass(
 
         return fn
 
-    with hooks(inner, [(s, make(s)) for s in sites]):
+    with hooks(inner, [(s, make(s)) for s in sites]), tap or nullcontext():
         logits = grad_model(**forward_kwargs(inputs)).logits
     missing = [s.name for s in sites if s not in store]
     if missing:
@@ -60,10 +74,11 @@ def counterfactual_logits(
     one_sided: bool,
     detach_target: bool,
     on: OnDevice,
+    tap: HeadTap | None = None,
 ) -> torch.Tensor:
     """θ's logits with the shift along each site's basis undone (:func:`~.penalties.undo_shift`,
     at every one of ``sites``), under the RNG state ``rng`` of the main pass;
-    without gradient when ``detach_target``."""
+    without gradient when ``detach_target``. With a ``tap``: as in :func:`theta_pass`."""
 
     def make(site):
         basis = bases[site]
@@ -76,8 +91,6 @@ def counterfactual_logits(
     ctx = torch.no_grad() if detach_target else torch.enable_grad()
     devices = [rng[2]] if rng[1] is not None else []
     with torch.random.fork_rng(devices=devices, device_type=rng[3]), ctx:
-        torch.set_rng_state(rng[0])
-        if rng[1] is not None:
-            torch.get_device_module(rng[3]).set_rng_state(rng[1], rng[2])
-        with hooks(inner, [(s, make(s)) for s in sites]):
+        set_rng(rng)
+        with hooks(inner, [(s, make(s)) for s in sites]), tap or nullcontext():
             return inner(**forward_kwargs(inputs)).logits

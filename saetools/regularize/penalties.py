@@ -3,16 +3,23 @@
 Every value is a mean over the loss tokens (``mask``: positions ``[:, :-1]`` whose next token is
 trained; ``n`` their count), computed in at least float32. :class:`~.loss.RegularizedLoss` runs
 the passes and hands their outputs to these functions; each term's formula is in
-:mod:`.terms`. Keeping the math here, one function per term, lets it change (e.g. chunked over
-tokens to bound memory) without touching the passes.
+:mod:`.terms`.
+
+The logit terms (the task cross-entropy, :class:`~.terms.KL`, :class:`~.terms.DirectionalKL`) come
+in two exact forms: from full logits ``[b, t, V]`` (:func:`cross_entropy`, :func:`kl_term`), and
+chunked (:func:`chunked_logit_sums`): from the final hidden states at the loss tokens, running the
+LM head on ``chunk`` rows at a time, each chunk under :func:`torch.utils.checkpoint.checkpoint` so
+that neither the forward nor the backward holds more than one chunk's logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..sites import Site
 
@@ -123,3 +130,82 @@ def undo_shift(h: torch.Tensor, h0: torch.Tensor, U: torch.Tensor, one_sided: bo
     if one_sided:
         delta = delta.clamp(min=0)
     return h - delta @ U
+
+
+# --------------------------------------------------------------------------------------------
+# Chunked logit terms
+
+
+@dataclass
+class HeadRows:
+    """Logits not yet computed: final hidden states at the loss tokens ``[n, d]`` and the head that
+    turns rows of them into logits. ``fixed``: a target without gradient (θ0's, or a detached
+    counterfactual), computed under ``torch.no_grad``."""
+
+    hidden: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor]
+    fixed: bool = False
+
+
+def _chunk_sums(
+    theta: HeadRows, targets: Sequence[HeadRows], labels: torch.Tensor | None, h, *ts
+) -> torch.Tensor:
+    """``[CE sum (if labels), KL(target_k ‖ p) sum for each k]`` over one chunk of rows."""
+    lp = F.log_softmax(up(theta.head(h)), dim=-1)
+    out = []
+    if labels is not None:
+        out.append(-lp.gather(-1, labels[:, None]).sum())
+    for tgt, th in zip(targets, ts, strict=True):
+        if tgt.fixed:
+            with torch.no_grad():
+                lt = F.log_softmax(up(tgt.head(th)), dim=-1)
+        else:
+            lt = F.log_softmax(up(tgt.head(th)), dim=-1)
+        out.append((lt.exp() * (lt - lp)).sum())
+    return torch.stack(out)
+
+
+def chunked_logit_sums(
+    theta: HeadRows,
+    targets: Sequence[HeadRows],
+    labels: torch.Tensor | None,
+    chunk: int,
+) -> torch.Tensor:
+    """Sums over the loss tokens of the cross-entropy of ``labels`` (first entry, when given) and
+    of ``KL(target_k ‖ p)`` for each target (θ's distribution ``p`` from ``theta``), computed
+    ``chunk`` rows at a time. With gradient, each chunk is checkpointed: its logits are freed after
+    the forward and recomputed in the backward, so at most one chunk's logits exist at a time.
+    Divide by the token count for the means of :func:`cross_entropy` and :func:`kl_term`."""
+    n = theta.hidden.shape[0]
+    k = (labels is not None) + len(targets)
+    dtype = torch.float64 if theta.hidden.dtype == torch.float64 else torch.float32
+    total = theta.hidden.new_zeros(k, dtype=dtype)
+    if n == 0:  # keep the result on the graph, as the full-logit form does
+        return total + 0 * theta.hidden.sum()
+    grad = torch.is_grad_enabled()  # (the head's own weights may train even if no input does)
+    for i in range(0, n, max(1, chunk)):
+        sl = slice(i, i + max(1, chunk))
+        y = labels[sl] if labels is not None else None
+        args = (theta.hidden[sl], *(t.hidden[sl] for t in targets))
+        if grad:
+            part = checkpoint(_chunk_sums, theta, targets, y, *args, use_reentrant=False)
+        else:
+            part = _chunk_sums(theta, targets, y, *args)
+        total = total + part
+    return total
+
+
+def logit_stats(
+    rows: HeadRows, labels: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ entropy, Σ [argmax == label]) of the distributions of ``rows``, ``chunk`` rows at a time,
+    without gradient (the metrics TRL logs: ``entropy``, ``mean_token_accuracy``)."""
+    ent = rows.hidden.new_zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long, device=rows.hidden.device)
+    with torch.no_grad():
+        for i in range(0, rows.hidden.shape[0], max(1, chunk)):
+            z = up(rows.head(rows.hidden[i : i + max(1, chunk)]))
+            lp = F.log_softmax(z, dim=-1)
+            ent = ent + (-(lp.exp() * lp).sum()).double()
+            correct = correct + (z.argmax(-1) == labels[i : i + max(1, chunk)]).sum()
+    return ent, correct

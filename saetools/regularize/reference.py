@@ -4,7 +4,9 @@ With PEFT, θ0 is the same model with its adapters disabled (no extra memory). O
 term needs θ0 and none is given, it is a deep copy of θ made once (:func:`frozen_copy`), frozen and
 in eval mode. Hooks go on the unwrapped model (:func:`unwrap` strips DDP / FSDP /
 ``torch.compile`` wrappers). θ0's passes run in eval mode (no dropout) and without gradient, and
-stop after the deepest site they need unless θ0's logits are needed (:class:`~.terms.KL`).
+stop after the deepest site they need unless θ0's logits are needed (:class:`~.terms.KL`); for the
+chunked logit terms a :class:`~.head.HeadTap` records θ0's final hidden states instead of its
+logits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..capture import StopForward
 from ..scoring import eval_mode
 from ..sites import Site, hooks, is_peft, n_layers
 from .batch import forward_kwargs
+from .head import HeadTap
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -90,9 +93,11 @@ def reference_pass(
     *,
     need_logits: bool,
     adapters_of: nn.Module | None = None,
+    tap: HeadTap | None = None,
 ) -> tuple[dict[Site, torch.Tensor], torch.Tensor | None]:
     """θ0's activations at ``sites`` (detached) and, with ``need_logits``, its logits (else the
-    pass stops after the deepest site and the logits are None). ``adapters_of``: a PEFT model whose
+    pass stops after the deepest site and the logits are None; with a ``tap``, the logits of the
+    tap's ``keep`` positions and the hidden states in the tap). ``adapters_of``: a PEFT model whose
     adapters are disabled for the pass (θ0 = θ without adapters)."""
     kwargs = forward_kwargs(inputs)
     with ExitStack() as stack:
@@ -100,6 +105,8 @@ def reference_pass(
             stack.enter_context(adapters_of.disable_adapter())
         stack.enter_context(eval_mode(ref))
         stack.enter_context(torch.no_grad())
+        if need_logits and tap is not None:
+            stack.enter_context(tap)
         store: dict[Site, torch.Tensor] = {}
         last = max(sites) if sites else None
         stop = not need_logits

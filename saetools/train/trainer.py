@@ -68,7 +68,7 @@ class RegularizedTrainerMixin:
         # θ's pass must go through the wrapper the Trainer built (DDP: gradient all-reduce)
         self.regularizer.model = model
         out = self.regularizer(inputs)
-        if out.logits is None:
+        if out.full_logits is None and out.rows is None:
             raise RuntimeError(
                 "the model returned no logits (a chunked or fused loss hides them); set "
                 "use_liger_kernel=False in the training arguments"
@@ -89,12 +89,14 @@ class RegularizedTrainerMixin:
                 continue
             self._term_sums[k] = self._term_sums.get(k, 0.0) + v
         self._term_count += 1
-        self._trl_metrics(inputs, out.logits)
+        self._trl_metrics(inputs, out)
         return (loss, {"logits": out.logits}) if return_outputs else loss
 
-    def _trl_metrics(self, inputs, logits: torch.Tensor) -> None:
+    def _trl_metrics(self, inputs, out) -> None:
         """The metrics TRL's own ``compute_loss`` records (``entropy``, ``mean_token_accuracy``,
-        ``num_tokens``), computed from θ's logits, when the trainer keeps TRL's ``_metrics``."""
+        ``num_tokens``), computed from θ's logits at the loss tokens (a chunk at a time:
+        :meth:`~saetools.regularize.RegularizedOutput.token_stats`), when the trainer keeps TRL's
+        ``_metrics``."""
         metrics = getattr(self, "_metrics", None)
         labels = inputs.get("labels")
         if not isinstance(metrics, dict) or labels is None:
@@ -104,13 +106,10 @@ class RegularizedTrainerMixin:
             return
         gather = self.accelerator.gather_for_metrics
         with torch.no_grad():
-            target = labels[:, 1:]
-            mask = target != IGNORE_INDEX
-            rows = logits[:, :-1][mask].float()
-            logp = torch.log_softmax(rows, dim=-1)
-            entropy_sum = gather(-(logp.exp() * logp).sum()).sum()
-            correct = gather((rows.argmax(-1) == target[mask]).sum()).sum()
-            n_valid = gather(mask.sum()).sum()
+            ent, n_right = out.token_stats()
+            entropy_sum = gather(ent.float()).sum()
+            correct = gather(n_right).sum()
+            n_valid = gather(torch.tensor(out.n_tokens, device=n_right.device)).sum()
         valid = int(n_valid) > 0
         metrics[mode]["entropy"].append(float(entropy_sum / n_valid) if valid else 0.0)
         metrics[mode]["mean_token_accuracy"].append(float(correct / n_valid) if valid else 0.0)
