@@ -40,6 +40,22 @@ def loss_mask(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return mask, shifted[mask]
 
 
+def input_device(model) -> torch.device:
+    """Where a batch goes: the device of the input embeddings (accelerate's execution device when
+    ``device_map`` offloaded them, their parameters being on ``meta``), else of the first
+    parameter."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is not None:
+        dev = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+        p = next(emb.parameters(), None)
+        if p is not None and p.device.type != "meta":
+            return p.device
+    return next(model.parameters()).device
+
+
 def model_inputs(batch: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     """The batch's known keys on ``device``; refuses a batch without ``input_ids`` or with labels
     of another shape."""

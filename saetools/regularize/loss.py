@@ -39,9 +39,9 @@ from torch import nn
 from ..sites import Site, hooks, n_layers
 from ..steer import ablate as ablate_op
 from ..steer import add as add_op
-from .batch import loss_mask, model_inputs
+from .batch import input_device, loss_mask, model_inputs
 from .head import HeadMismatchError, HeadTap, head_matches
-from .passes import counterfactual_logits, rng_state, set_rng, theta_pass
+from .passes import accelerator_devices, counterfactual_logits, rng_state, set_rng, theta_pass
 from .penalties import (
     HeadRows,
     at_tokens,
@@ -364,14 +364,14 @@ class RegularizedLoss:
     ) -> RegularizedOutput:
         """Task loss and terms on ``batch`` (``input_ids``, ``attention_mask``, ``labels`` with
         -100 where no loss; optional ``position_ids``). ``anchor``: this step's anchor batch."""
-        device = next(self.inner.parameters()).device
+        device = input_device(self.inner)
         inputs = model_inputs(batch, device)
         a_inputs = None
         if self.groups["anchor"].terms:
             a_inputs = model_inputs(anchor if anchor is not None else self._next_anchor(), device)
-        rng = rng_state(device)
+        rng = rng_state(accelerator_devices(self.inner))
         try:
-            out = self._step(inputs, a_inputs, rng, device)
+            out = self._step(inputs, a_inputs, rng)
         except HeadMismatchError as e:
             if self.logit_chunk is None or self._head_checked:
                 raise
@@ -382,11 +382,11 @@ class RegularizedLoss:
             )
             self.logit_chunk = None
             set_rng(rng)  # the step again, as if the first try had not run
-            out = self._step(inputs, a_inputs, rng, device)
+            out = self._step(inputs, a_inputs, rng)
         self._head_checked = True
         return out
 
-    def _step(self, inputs, a_inputs, rng, device) -> RegularizedOutput:
+    def _step(self, inputs, a_inputs, rng) -> RegularizedOutput:
         """One call: θ's pass, the batch group's terms, then the anchor group's."""
         bgroup, agroup = self.groups["batch"], self.groups["anchor"]
         out_terms: dict[str, torch.Tensor] = {}
@@ -405,7 +405,7 @@ class RegularizedLoss:
             del store
             task = self._logit_terms(theta, targets, mask, labels, n, out_terms)
             if agroup.terms:
-                a_rng = rng_state(device)
+                a_rng = rng_state(accelerator_devices(self.inner))
                 a_tap = self._tap(self.inner)
                 a_store, a_logits = theta_pass(
                     self.inner, self.model, a_inputs, agroup.act_sites, a_tap

@@ -8,7 +8,7 @@ skips (most of) the LM head, for the chunked logit terms."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 from torch import nn
@@ -19,21 +19,29 @@ from .head import HeadTap
 from .penalties import OnDevice, undo_shift
 
 
-def rng_state(device: torch.device):
-    """CPU and accelerator RNG states, so the counterfactual pass sees the main pass's dropout."""
-    cpu = torch.get_rng_state()
-    if device.type == "cpu":
-        return (cpu, None, None, "cuda")
-    mod = torch.get_device_module(device.type)
-    idx = device.index if device.index is not None else mod.current_device()
-    return (cpu, mod.get_rng_state(idx), idx, device.type)
+def accelerator_devices(model: nn.Module) -> list[torch.device]:
+    """The non-CPU devices ``model``'s parameters live on (several with ``device_map``)."""
+    return sorted(
+        {p.device for p in model.parameters() if p.device.type not in ("cpu", "meta")}, key=str
+    )
+
+
+def rng_state(devices: Sequence[torch.device]):
+    """The CPU's and each accelerator device's RNG states, so the counterfactual pass sees the
+    main pass's dropout (on every device, when blocks are spread over several)."""
+    acc = []
+    for d in devices:
+        mod = torch.get_device_module(d.type)
+        idx = d.index if d.index is not None else mod.current_device()
+        acc.append((d.type, idx, mod.get_rng_state(idx)))
+    return torch.get_rng_state(), acc
 
 
 def set_rng(rng) -> None:
-    """Go back to a state from :func:`rng_state` (to rerun a step exactly)."""
+    """Go back to a state from :func:`rng_state` (to rerun a pass or a step exactly)."""
     torch.set_rng_state(rng[0])
-    if rng[1] is not None:
-        torch.get_device_module(rng[3]).set_rng_state(rng[1], rng[2])
+    for kind, idx, state in rng[1]:
+        torch.get_device_module(kind).set_rng_state(state, idx)
 
 
 def theta_pass(
@@ -84,13 +92,18 @@ def counterfactual_logits(
         basis = bases[site]
 
         def fn(h):
-            return undo_shift(h, h0[site], on(basis, h), one_sided)
+            return undo_shift(h, h0[site], basis, one_sided, on)
 
         return fn
 
     ctx = torch.no_grad() if detach_target else torch.enable_grad()
-    devices = [rng[2]] if rng[1] is not None else []
-    with torch.random.fork_rng(devices=devices, device_type=rng[3]), ctx:
+    kinds = {kind for kind, _, _ in rng[1]}
+    with ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[], device_type="cpu"))
+        for kind in kinds:
+            idx = [i for k, i, _ in rng[1] if k == kind]
+            stack.enter_context(torch.random.fork_rng(devices=idx, device_type=kind))
+        stack.enter_context(ctx)
         set_rng(rng)
         with hooks(inner, [(s, make(s)) for s in sites]), tap or nullcontext():
             return inner(**forward_kwargs(inputs)).logits

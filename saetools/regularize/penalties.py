@@ -38,8 +38,14 @@ def token_mean(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def at_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` ``[b, t, ...]`` at the loss tokens: ``[n, ...]``."""
-    return x[:, :-1][mask]
+    """Rows of ``x`` ``[b, t, ...]`` at the loss tokens: ``[n, ...]`` (on ``x``'s device: with
+    blocks on several devices, each site's activations stay where their block ran)."""
+    return x[:, :-1][mask.to(x.device)]
+
+
+def rows_on(x: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """:func:`at_tokens` of ``x`` (θ0's), at least float32, on ``like``'s device (θ's)."""
+    return up(at_tokens(x, mask)).to(like.device)
 
 
 def kl_rows(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -53,13 +59,15 @@ def cross_entropy(
     logits: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, n: int
 ) -> torch.Tensor:
     """Cross-entropy of θ's next-token predictions at the loss tokens (token mean)."""
-    return token_mean(F.cross_entropy(up(at_tokens(logits, mask)), targets, reduction="none"), n)
+    rows = up(at_tokens(logits, mask))
+    return token_mean(F.cross_entropy(rows, targets.to(rows.device), reduction="none"), n)
 
 
 def kl_term(target_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, n: int):
     """``mean_t KL(target_t ‖ p_t)``: :class:`~.terms.KL` (target θ0's logits) and
     :class:`~.terms.DirectionalKL` (target the counterfactual pass's logits)."""
-    return token_mean(kl_rows(at_tokens(target_logits, mask), at_tokens(logits, mask)), n)
+    rows = at_tokens(logits, mask)
+    return token_mean(kl_rows(rows_on(target_logits, mask, rows), rows), n)
 
 
 def ldifs_term(
@@ -72,7 +80,8 @@ def ldifs_term(
     """:class:`~.terms.LDIFS`: ``mean_t mean_sites ‖h_t - h0_t‖²``."""
     acc = 0.0
     for s in sites:
-        d = up(at_tokens(store[s], mask)) - up(at_tokens(h0[s], mask))
+        h = up(at_tokens(store[s], mask))
+        d = h - rows_on(h0[s], mask, h)
         acc = acc + token_mean(d.pow(2).sum(-1), n)
     return acc / len(sites)
 
@@ -86,7 +95,7 @@ def sae_latents_term(
     idx = torch.tensor(latents, device=h.device)
     z = sae.encode(at_tokens(h, mask).to(sae.dtype)).index_select(-1, idx)
     with torch.no_grad():
-        z0 = sae.encode(at_tokens(h0, mask).to(sae.dtype)).index_select(-1, idx)
+        z0 = sae.encode(at_tokens(h0, mask).to(h.device, sae.dtype)).index_select(-1, idx)
     excess = (up(z) - up(z0)).clamp(min=0)
     return token_mean(excess.pow(2).sum(-1), n), token_mean(excess.detach().sum(-1), n)
 
@@ -104,7 +113,7 @@ def site_shifts(
     for s in sites:
         h = up(at_tokens(store[s], mask))
         U = on(bases[s], h)
-        out.append((h - up(at_tokens(h0[s], mask))) @ U.T)
+        out.append((h - rows_on(h0[s], mask, h)) @ U.T)
     return out
 
 
@@ -123,13 +132,18 @@ def directional_l2_term(deltas: Sequence[torch.Tensor], one_sided: bool, n: int)
     return acc
 
 
-def undo_shift(h: torch.Tensor, h0: torch.Tensor, U: torch.Tensor, one_sided: bool) -> torch.Tensor:
+def undo_shift(
+    h: torch.Tensor, h0: torch.Tensor, basis: torch.Tensor, one_sided: bool, on: OnDevice
+) -> torch.Tensor:
     """The counterfactual activation of :class:`~.terms.DirectionalKL`: ``h - Uᵀ U (h - h0)``
-    (one-sided: only the positive coordinates of ``U (h - h0)`` are undone)."""
-    delta = (h - h0.to(h.dtype)) @ U.T
+    (one-sided: only the positive coordinates of ``U (h - h0)`` are undone). The correction is
+    computed in at least float32 and subtracted in ``h``'s dtype."""
+    hu = up(h)
+    U = on(basis, hu)
+    delta = (hu - up(h0).to(h.device)) @ U.T
     if one_sided:
         delta = delta.clamp(min=0)
-    return h - delta @ U
+    return h - (delta @ U).to(h.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,13 +168,14 @@ def _chunk_sums(
     lp = F.log_softmax(up(theta.head(h)), dim=-1)
     out = []
     if labels is not None:
-        out.append(-lp.gather(-1, labels[:, None]).sum())
+        out.append(-lp.gather(-1, labels.to(lp.device)[:, None]).sum())
     for tgt, th in zip(targets, ts, strict=True):
         if tgt.fixed:
             with torch.no_grad():
                 lt = F.log_softmax(up(tgt.head(th)), dim=-1)
         else:
             lt = F.log_softmax(up(tgt.head(th)), dim=-1)
+        lt = lt.to(lp.device)
         out.append((lt.exp() * (lt - lp)).sum())
     return torch.stack(out)
 
@@ -191,7 +206,7 @@ def chunked_logit_sums(
             part = checkpoint(_chunk_sums, theta, targets, y, *args, use_reentrant=False)
         else:
             part = _chunk_sums(theta, targets, y, *args)
-        total = total + part
+        total = total + part.to(total.device)
     return total
 
 
@@ -206,6 +221,7 @@ def logit_stats(
         for i in range(0, rows.hidden.shape[0], max(1, chunk)):
             z = up(rows.head(rows.hidden[i : i + max(1, chunk)]))
             lp = F.log_softmax(z, dim=-1)
-            ent = ent + (-(lp.exp() * lp).sum()).double()
-            correct = correct + (z.argmax(-1) == labels[i : i + max(1, chunk)]).sum()
+            ent = ent + (-(lp.exp() * lp).sum()).double().to(ent.device)
+            right = z.argmax(-1) == labels[i : i + max(1, chunk)].to(z.device)
+            correct = correct + right.sum().to(correct.device)
     return ent, correct

@@ -1,0 +1,215 @@
+"""Scale-out on the CPU: bfloat16 models, models dispatched by accelerate, and multi-process training
+(accelerate launch, the HF Trainer, FSDP2) against one process.
+
+What needs a GPU (CUDA bf16 against CPU fp32 on the embedded model, a model split over ``cpu`` and
+``cuda``) is in tests/test_cuda.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import D_MODEL, make_chat_examples, make_tiny_tokenizer, new_tiny_model
+
+from saetools.capture import capture
+from saetools.directions import DirectionSet
+from saetools.regularize import (
+    KL,
+    LDIFS,
+    Ablate,
+    DirectionalKL,
+    DirectionalL2,
+    RegularizedLoss,
+    SAELatents,
+    Steer,
+)
+from saetools.sites import parse_site
+from saetools.steer import Intervention, steer
+
+SITES = ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")
+
+
+def _batch(seed: int = 0, b: int = 3, t: int = 16) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 300, (b, t), generator=g)
+    attn = torch.ones(b, t, dtype=torch.long)
+    attn[1, -4:] = 0
+    ids[attn == 0] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[attn == 0] = -100
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def _lora(model, seed=0, scale=0.3):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    pm = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return pm
+
+
+def _sae(site: str = SITES[0], d_sae: int = 48):
+    import sae_lens as sl
+
+    cfg = sl.StandardSAEConfig(d_in=D_MODEL, d_sae=d_sae, apply_b_dec_to_input=True)
+    cfg.metadata.hook_name = site
+    sae = sl.StandardSAE(cfg)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(D_MODEL, d_sae, generator=g) * 0.4)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.W_dec.copy_(torch.randn(d_sae, D_MODEL, generator=g) * 0.2)
+    return sae
+
+
+def _directions() -> DirectionSet:
+    g = torch.Generator().manual_seed(5)
+    return DirectionSet({s: torch.randn(D_MODEL, generator=g) for s in SITES}, {})
+
+
+def _terms(ds, sae) -> dict[str, list]:
+    return {
+        "kl": [KL()],
+        "directional-kl": [DirectionalKL(ds)],
+        "directional-l2": [DirectionalL2(ds)],
+        "ldifs": [LDIFS(sites=list(SITES))],
+        "sae-latents": [SAELatents(sae, [1, 5, 7, 30])],
+        "steer": [Steer(ds, alpha=2.0)],
+        "ablate": [Ablate(ds)],
+    }
+
+
+# ------------------------------------------------------------------------ bfloat16
+
+
+def test_bf16_regularizers_match_fp32():
+    """Every regularizer on a bfloat16 LoRA model: values within bf16 tolerance of float32, exact
+    zeros with a zero adapter, finite gradients; the bases, the SAE and θ0 follow the model."""
+    fp = _lora(new_tiny_model("llama"))
+    bf = copy.deepcopy(fp).to(torch.bfloat16)
+    ds, sae = _directions(), _sae()
+    batch = _batch(1)
+    for name, terms in _terms(ds, sae).items():
+        out32 = RegularizedLoss(fp, terms)(batch)
+        out16 = RegularizedLoss(bf, terms)(batch)
+        for k, v in out32.logs.items():
+            assert out16.logs[k] == pytest.approx(v, rel=3e-2, abs=3e-3), (name, k)
+        for t in terms:
+            if t.name in out32.terms:
+                assert out32.logs[t.name] > 1e-3, (name, out32.logs)
+        out16.loss.backward()
+        grads = [p.grad for n, p in bf.named_parameters() if "lora_" in n]
+        assert all(g is not None and g.dtype == torch.bfloat16 for g in grads)
+        assert all(torch.isfinite(g).all() for g in grads)
+        bf.zero_grad(set_to_none=True)
+    # θ = θ0 (adapter B = 0): every term is exactly zero in bfloat16 too
+    zero = _lora(new_tiny_model("llama"), scale=0.0).to(torch.bfloat16)
+    for name, terms in _terms(ds, sae).items():
+        out = RegularizedLoss(zero, terms)(batch)
+        assert all(v.item() == 0.0 for v in out.terms.values()), (name, out.logs)
+
+
+def test_bf16_capture_sums_float64_and_steer_match_fp32():
+    fp = new_tiny_model("llama")
+    bf = copy.deepcopy(fp).to(torch.bfloat16)
+    tok, exs = make_chat_examples_and_tokenizer()
+    r32 = capture(fp, tok, exs, list(SITES), progress=False)
+    r16 = capture(bf, tok, exs, list(SITES), progress=False)
+    for s in r16.sites:
+        assert r16.sums[s].dtype == torch.float64 and r16.sums[s].device.type == "cpu"
+        a, b = r16.mean(s).double(), r32.mean(s).double()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+        assert (a - b).norm() / b.norm() < 2e-2
+    # steering: the change a steer makes to the logits agrees between bf16 and fp32
+    ds = _directions()
+    ivs = [Intervention(SITES[0], ds.vector(SITES[0]), "add", alpha=3.0)]
+    kw = {k: v for k, v in _batch(2).items() if k != "labels"}
+    effects = []
+    for m in (fp, bf):
+        with torch.no_grad():
+            plain = m(**kw).logits.double()
+            with steer(m, ivs):
+                steered = m(**kw).logits.double()
+        effects.append(steered - plain)
+    assert effects[1].abs().max() > 0.05
+    cos = torch.nn.functional.cosine_similarity(effects[0].flatten(), effects[1].flatten(), dim=0)
+    assert cos > 0.99
+
+
+def make_chat_examples_and_tokenizer():
+    return make_tiny_tokenizer(), make_chat_examples()
+
+
+# ------------------------------------------------------------------------ accelerate dispatch
+
+
+def _cpu_device_map(model) -> dict[str, str]:
+    """Every block, the embeddings, the final norm and the head as their own dispatch unit."""
+    m = model.model
+    units = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu"}
+    units.update({f"model.layers.{i}": "cpu" for i in range(len(m.layers))})
+    units["lm_head"] = "cpu"
+    return units
+
+
+def test_dispatched_model_steers_captures_and_regularizes_like_the_plain_one():
+    """A model dispatched by accelerate block by block (``dispatch_model``, the machinery of
+    ``device_map="auto"``: each unit's forward wrapped by a hook that moves its inputs to the
+    unit's device). On one CPU every unit is on ``cpu``, so this checks that saetools' hooks, the
+    chunked head and θ0 compose with accelerate's hooks, not a real move between devices (that is
+    the ``cuda`` test in tests/test_cuda.py)."""
+    from accelerate import dispatch_model
+
+    plain = new_tiny_model("llama")
+    dispatched = dispatch_model(
+        copy.deepcopy(plain), _cpu_device_map(plain), main_device="cpu", force_hooks=True
+    )
+    assert hasattr(dispatched.model.layers[1], "_hf_hook")
+    tok, exs = make_chat_examples_and_tokenizer()
+    ds = _directions()
+    kw = {k: v for k, v in _batch(3).items() if k != "labels"}
+    ivs = [Intervention(SITES[0], ds.vector(SITES[0]), "add", alpha=3.0)]
+    res = []
+    for m in (plain, dispatched):
+        with torch.no_grad(), steer(m, ivs):
+            logits = m(**kw).logits
+        cap = capture(m, tok, exs, list(SITES), progress=False)
+        ref = new_tiny_model("llama", seed=1)  # θ0 other than θ: every term nonzero
+        out = RegularizedLoss(
+            m, [KL(), DirectionalKL(ds), DirectionalL2(ds)], reference=ref, logit_chunk=4
+        )(_batch(4))
+        res.append((logits, cap, out))
+    torch.testing.assert_close(res[1][0], res[0][0])
+    for s in res[0][1].sites:
+        torch.testing.assert_close(res[1][1].sums[s], res[0][1].sums[s])
+    assert all(v > 1e-4 for v in res[0][2].terms.values()), res[0][2].logs
+    for k, v in res[0][2].logs.items():
+        assert res[1][2].logs[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    assert parse_site(SITES[0], 3) in res[0][1].sites
+
+
+def test_offloaded_model_regularizes_like_the_plain_one():
+    """Weights offloaded by accelerate (``cpu_offload``: parameters on ``meta``, moved in at each
+    forward): the batch goes to the execution device, not to ``meta``."""
+    from accelerate import cpu_offload
+
+    plain = new_tiny_model("llama")
+    offloaded = cpu_offload(copy.deepcopy(plain), execution_device="cpu")
+    ds = _directions()
+    outs = [
+        RegularizedLoss(m, [KL(), DirectionalKL(ds)], reference=new_tiny_model("llama", seed=1))(
+            _batch(5)
+        )
+        for m in (plain, offloaded)
+    ]
+    for k, v in outs[0].logs.items():
+        assert outs[1].logs[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
