@@ -213,3 +213,200 @@ def test_offloaded_model_regularizes_like_the_plain_one():
     ]
     for k, v in outs[0].logs.items():
         assert outs[1].logs[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+# ------------------------------------------------------------------------ accelerate launch
+
+ACCELERATE_TIMEOUT = 900  # seconds for one launch of 2 processes on a loaded 2-core machine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path) -> dict:
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=f"{root}:{root / 'tests'}",
+        SAETOOLS_SKIP_LLAMACPP="1",
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(tmp_path / "hf_home"),  # no accelerate default config from elsewhere
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+def _launch(tmp_path, argv: list[str], processes: int) -> None:
+    """``argv`` (a script and its arguments) in 1 process, or under ``accelerate launch
+    --multi_gpu --num_processes N`` (torchrun underneath; on a machine without GPUs every rank uses
+    gloo on the CPU; ``--cpu`` would start one process, or use ``mpirun``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    if processes == 1:
+        cmd = [sys.executable, *argv]
+    else:
+        cmd = [
+            str(bin_dir / "accelerate"), "launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), *argv,
+        ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=ACCELERATE_TIMEOUT
+    )
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def _chat_data(path) -> str:
+    import json
+
+    exs = make_chat_examples() * 2
+    with open(path, "w") as f:
+        for i, ex in enumerate(exs):
+            msgs = [*ex.messages, {"role": "assistant", "content": ex.response}]
+            split = "test" if i < 2 else "train"
+            f.write(json.dumps({"id": f"x{i}", "split": split, "messages": msgs}) + "\n")
+    return str(path)
+
+
+def _safetensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _assert_close_weights(a: dict, b: dict, step: float) -> None:
+    """Within 0.5% of one optimizer step (``step``: the largest change one step can make, AdamW's
+    learning rate): Adam divides each gradient coordinate by its own magnitude, so the float32
+    noise of other batch shapes (a rank holds 2 rows, not 4) in a near-zero gradient (lora_A at
+    step 2, while lora_B is still about one learning rate) moves it by up to ~1e-3 of a step."""
+    assert set(a) == set(b) and a
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 5e-3 * step, (worst, step)
+
+
+def test_saetools_train_under_accelerate_launch_equals_one_process(tmp_path):
+    """``accelerate launch --num_processes 2 saetools train`` with directional KL: the same final
+    adapter and the same logged losses as one process (the global batch of 4 split 2 + 2)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "tiny"
+    new_tiny_model("llama").save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    data = _chat_data(tmp_path / "data.jsonl")
+    g = torch.Generator().manual_seed(0)
+    ds = DirectionSet(
+        {f"blocks.{k}.hook_resid_post": torch.randn(D_MODEL, generator=g) for k in range(3)}, {}
+    )
+    ds.save(tmp_path / "dirs.safetensors")
+    saetools = str(Path(sys.executable).parent / "saetools")
+    common = [
+        "train", "--model", str(folder), "--data", data, "--regularizer", "directional-kl",
+        "--directions", str(tmp_path / "dirs.safetensors"), "--lambda", "2",
+        "--steps", "2", "--batch-size", "4", "--grad-accum", "2", "--eval-every", "2",
+        "--eval-pairs", "2", "--eval-examples", "2", "--lora-rank", "4", "--max-length", "64",
+        "--lr", "1e-2", "--quiet",
+    ]  # fmt: skip
+    _launch(tmp_path, [saetools, *common, "--out", str(tmp_path / "one")], 1)
+    _launch(tmp_path, [saetools, *common, "--out", str(tmp_path / "two")], 2)
+    one = _safetensors(tmp_path / "one" / "checkpoint-2" / "adapter_model.safetensors")
+    two = _safetensors(tmp_path / "two" / "checkpoint-2" / "adapter_model.safetensors")
+    _assert_close_weights(one, two, step=1e-2)
+    rows = [
+        [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "two")
+    ]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [0, 1, 2]
+    for a, b in zip(rows[0][1:], rows[1][1:], strict=True):
+        for k in ("loss", "task_loss", "directional_kl", "n_tokens"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-7), k
+    assert rows[0][1]["directional_kl"] > 0 or rows[0][2]["directional_kl"] > 0
+    assert not list((tmp_path / "two").glob(".tmp-checkpoint-*"))
+
+
+TRAINER_SCRIPT = """
+import json
+import sys
+
+import torch
+from conftest import D_MODEL, make_chat_examples, make_tiny_tokenizer, new_tiny_model
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import TrainingArguments
+
+from saetools.directions import DirectionSet
+from saetools.regularize import DirectionalKL
+from saetools.train import Collator, RegularizedTrainer, encode_training_example
+
+out, per_device = sys.argv[1], int(sys.argv[2])
+tok = make_tiny_tokenizer()
+feats = [encode_training_example(tok, e) for e in make_chat_examples() * 2][:8]
+torch.manual_seed(0)
+cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+model = get_peft_model(new_tiny_model("llama"), cfg)
+g = torch.Generator().manual_seed(1)
+with torch.no_grad():
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+ds = DirectionSet({f"blocks.{k}.hook_resid_post": torch.randn(D_MODEL, generator=g) for k in range(3)}, {})
+args = TrainingArguments(
+    output_dir=out + ".trainer", per_device_train_batch_size=per_device, max_steps=2,
+    learning_rate=0.1, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
+    weight_decay=0.0, max_grad_norm=0.0, report_to=[], save_strategy="no", logging_steps=1,
+    use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, seed=0,
+    disable_tqdm=True, train_sampling_strategy="sequential",
+)
+trainer = RegularizedTrainer(
+    model=model, args=args, train_dataset=feats, data_collator=Collator(tok),
+    regularizer_terms=[DirectionalKL(ds, "all", weight=2.0)],
+)
+trainer.train()
+if trainer.is_world_process_zero():
+    delta = {n: (p.detach() - before[n]).contiguous() for n, p in model.named_parameters() if n in before}
+    save_file(delta, out)
+    logs = [h for h in trainer.state.log_history if "reg/directional_kl" in h]
+    with open(out + ".json", "w") as f:
+        json.dump({"logs": logs, "world": trainer.args.world_size}, f)
+"""
+
+
+def test_hf_trainer_under_accelerate_launch_equals_one_process(tmp_path):
+    """The HF Trainer recipe (``RegularizedTrainer``, LoRA, directional KL, SGD) under
+    ``accelerate launch --num_processes 2`` with 2 examples per device makes the update of one
+    process with 4 (sequential sampling: the same global batches)."""
+    import json
+
+    script = tmp_path / "trainer_run.py"
+    script.write_text(TRAINER_SCRIPT)
+    _launch(tmp_path, [str(script), str(tmp_path / "one.safetensors"), "4"], 1)
+    _launch(tmp_path, [str(script), str(tmp_path / "two.safetensors"), "2"], 2)
+    one = _safetensors(tmp_path / "one.safetensors")
+    two = _safetensors(tmp_path / "two.safetensors")
+    scale = max(float(v.abs().max()) for v in one.values())
+    assert scale > 1e-4
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert worst <= 1e-6 + 1e-4 * scale, (worst, scale)  # SGD: the update is lr x the gradient
+    meta = [json.loads((tmp_path / f"{x}.safetensors.json").read_text()) for x in ("one", "two")]
+    assert meta[0]["world"] == 1 and meta[1]["world"] == 2
+    assert len(meta[0]["logs"]) == len(meta[1]["logs"]) == 2
+    assert meta[0]["logs"][1]["reg/directional_kl"] > 0
+    # the logged terms are averaged over the processes (equal weights per process, not per token)
+    for a, b in zip(meta[0]["logs"], meta[1]["logs"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["reg/task_loss"] == pytest.approx(a["reg/task_loss"], rel=2e-2)

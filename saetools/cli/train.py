@@ -178,11 +178,16 @@ def preflight_model(cfg, model) -> None:
 
 
 def run(args) -> int:
+    from ..distributed import init_from_env
     from ..train import train
     from .common import load_model_from_args
 
     cfg = config_from_args(args)
     preflight(cfg, args)
+    # Under torchrun / accelerate launch: join the process group, one device per rank; the steps
+    # are data parallel and rank 0 writes (see docs/scaling.md).
+    launch = init_from_env(args.device)
+    args.device = launch.device
     lm = load_model_from_args(args)
     preflight_model(cfg, lm.model)
     res = train(
@@ -193,6 +198,8 @@ def run(args) -> int:
         tokenizer=lm.tokenizer,
         progress=not args.quiet,
     )
+    if not launch.is_main:
+        return 0
     ev = res["last_eval"]
     print(
         f"step {res['step']}: held-out task loss {ev.get('eval_task_loss', float('nan')):.3f}, "

@@ -11,15 +11,25 @@ per-micro-batch means over the loss tokens. Each micro-batch is weighted by its 
 divided by the number of loss tokens in the whole accumulated batch, so an update from 8
 micro-batches of 1 equals the update from 1 batch of 8 (task loss *and* every term are token means
 over the full batch).
+
+Data parallel (``torchrun`` / ``accelerate launch`` around ``saetools train``, or any initialized
+process group): each step's batch (``batch_size`` examples, the global batch) is dealt round-robin
+over the ranks, the model is wrapped in ``DistributedDataParallel`` (gradients all-reduced), and
+every rank scales its micro-batches by its share of the *global* loss tokens, so W processes make
+the update one process makes (``batch_size`` must be a multiple of the world size). The logs are
+summed over ranks. Rank 0 alone evaluates, writes ``metrics.jsonl``, ``curves.html`` and the
+checkpoints; the other ranks wait for it. See docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..capture import IGNORE_INDEX, ChatExample, pad_token_id
 from ..directions import DirectionSet
+from ..distributed import init_from_env, torch_distributed
 from ..models import load_model
 from ..plots import write_html
 from ..regularize import RegularizedLoss
@@ -132,14 +143,37 @@ class _Run:
     test_batches: list[dict]
     base_contrast: torch.Tensor | None = None  # per-pair contrast of the model before training
     rows: list[dict] = field(default_factory=list)
+    rank: int = 0  # data parallel: this process's rank and the world size
+    world: int = 1
+    grad_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_distributed().barrier()
 
     @property
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
 
-def _prepare(cfg, out: Path, model, tokenizer, terms: list, full: bool, exs: _Examples) -> _Run:
-    """Encode the examples and set up the regularizer and the optimizer."""
+def _data_parallel(model: nn.Module, world: int) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` (``world > 1``), else itself."""
+    if world <= 1:
+        return model
+    dev = next(p for p in model.parameters() if p.requires_grad).device
+    ids = [dev] if dev.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _prepare(
+    cfg, out: Path, model, tokenizer, terms: list, full: bool, exs: _Examples, launch
+) -> _Run:
+    """Encode the examples and set up the regularizer (on the DDP wrapper when data parallel) and
+    the optimizer."""
     max_len = cfg.max_length
     enc_train = [encode_training_example(tokenizer, e, max_length=max_len) for e in exs.train]
     pad = pad_token_id(tokenizer)
@@ -149,13 +183,16 @@ def _prepare(cfg, out: Path, model, tokenizer, terms: list, full: bool, exs: _Ex
         anchor = anchor_batches(
             tokenizer, exs.anchor, max_length=max_len, batch_size=cfg.batch_size
         )
+    grad_model = _data_parallel(model, launch.world_size)
     # a full fine-tune needs a frozen copy as θ0 (made by RegularizedLoss when a term needs it)
-    reg = RegularizedLoss(model, terms, None, anchor=anchor, force=cfg.force)
+    reg = RegularizedLoss(grad_model, terms, None, anchor=anchor, force=cfg.force)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return _Run(
+    run = _Run(
         cfg, out, model, tokenizer, reg, optimizer, full, enc_train, pad, exs.pairs, test_batches
     )
+    run.rank, run.world, run.grad_model = launch.rank, launch.world_size, grad_model
+    return run
 
 
 def _resume(run: _Run, start: int) -> None:
@@ -188,7 +225,13 @@ def _start_afresh(run: _Run) -> None:
 
 
 def _open_folder(run: _Run, start: int) -> None:
-    """Make the output folder, drop half-written checkpoints, then resume or start afresh."""
+    """Make the output folder, drop half-written checkpoints, then resume or start afresh. Data
+    parallel: every rank loads the checkpoint; rank 0 alone writes."""
+    if not run.is_main:
+        if start > 0:
+            load_checkpoint(run.out / f"checkpoint-{start}", run.model, run.optimizer, run.full)
+        run.barrier()
+        return
     run.out.mkdir(parents=True, exist_ok=True)
     for stale in run.out.glob(".tmp-checkpoint-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -200,59 +243,84 @@ def _open_folder(run: _Run, start: int) -> None:
     tmp = run.metrics_path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in run.rows))
     os.replace(tmp, run.metrics_path)
+    run.barrier()
+
+
+def _loss_tokens(example: dict) -> int:
+    """Loss tokens of one encoded example (HF shift: labels[1:] that are not -100)."""
+    return sum(1 for t in example["labels"][1:] if t != IGNORE_INDEX)
 
 
 def _optimizer_step(run: _Run, step: int) -> dict[str, float]:
     """One update from ``grad_accum`` micro-batches, each weighted by its share of the step's loss
-    tokens; the logs are token-weighted means (``n_tokens`` a sum)."""
+    tokens; the logs are token-weighted means (``n_tokens`` a sum). Data parallel: this rank's
+    share of the step's examples, weighted by the global token count (times the world size, which
+    DDP's gradient averaging divides out); the logs are summed over the ranks."""
     cfg = run.cfg
     idx = batches_for_step(len(run.train), step, cfg.batch_size, cfg.seed)
-    micro = [idx[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
+    total = sum(_loss_tokens(run.train[i]) for i in idx)
+    mine = idx[run.rank :: run.world]
+    micro = [mine[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
     micro = [m for m in micro if m]
     mbs = [collate_examples([run.train[i] for i in m], run.pad) for m in micro]
-    total = sum(int(b["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for b in mbs)
     logs: dict[str, float] = {}
     run.optimizer.zero_grad(set_to_none=True)
-    for b in mbs:
-        o = run.reg(b)
-        (o.loss * (o.n_tokens / max(total, 1))).backward()
+    for j, b in enumerate(mbs):
+        # DDP: all-reduce once, after the last micro-batch's backward
+        sync = run.world == 1 or j == len(mbs) - 1
+        with nullcontext() if sync else run.grad_model.no_sync():
+            o = run.reg(b)
+            (o.loss * (o.n_tokens / max(total, 1) * run.world)).backward()
         for k, v in o.logs.items():
             if k == "n_tokens":
                 logs[k] = logs.get(k, 0.0) + v
             else:
                 logs[k] = logs.get(k, 0.0) + v * o.n_tokens / max(total, 1)
     run.optimizer.step()
+    if run.world > 1:
+        vals = torch.tensor(list(logs.values()), dtype=torch.float64)
+        torch_distributed().all_reduce(vals)
+        logs = dict(zip(logs, vals.tolist(), strict=True))
     return logs
+
+
+def _evaluate_and_save(run: _Run, step: int, row: dict, scheduled: bool) -> None:
+    """Rank 0: on schedule, evaluate (into ``row``) and checkpoint; append ``row`` to
+    ``metrics.jsonl``. Other ranks wait at the scheduled steps."""
+    if run.is_main:
+        if scheduled:
+            ev, _ = shift_and_loss(
+                run.model, run.tokenizer, run.pairs, run.test_batches, run.base_contrast
+            )
+            run.model.train()
+            row.update(ev)
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if scheduled:
+            save_checkpoint(run.out, step, run.model, run.optimizer, run.full, keep_optimizer_of=-1)
+    if scheduled:
+        run.barrier()
 
 
 def _steps(run: _Run, start: int, end: int, *, progress: bool, on_step) -> dict:
     """Steps ``start + 1 .. end``: train, evaluate and checkpoint on schedule, append each row to
     ``metrics.jsonl``; ``curves.html`` is written at the end, also after an error. Returns the
-    last evaluated row."""
+    last evaluated row (rank 0; other ranks do not evaluate)."""
     cfg = run.cfg
     run.model.train()
     last_eval = run.rows[-1] if run.rows else {}
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress)
+    show = progress and run.is_main
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not show)
     try:
         for step in range(start + 1, end + 1):
             t0 = time.perf_counter()
             logs = _optimizer_step(run, step)
             row = {"step": step, **logs, "seconds": time.perf_counter() - t0}
             scheduled = step % cfg.eval_every == 0 or step == cfg.steps
+            _evaluate_and_save(run, step, row, scheduled)
             if scheduled:
-                ev, _ = shift_and_loss(
-                    run.model, run.tokenizer, run.pairs, run.test_batches, run.base_contrast
-                )
-                run.model.train()
-                row.update(ev)
                 last_eval = row
             run.rows.append(row)
-            with open(run.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if scheduled:
-                save_checkpoint(
-                    run.out, step, run.model, run.optimizer, run.full, keep_optimizer_of=-1
-                )
             if on_step is not None:
                 on_step(step, row)
             bar.update(1)
@@ -262,11 +330,12 @@ def _steps(run: _Run, start: int, end: int, *, progress: bool, on_step) -> dict:
             )
     finally:
         bar.close()
-        try:
-            figure = curves_figure(run.rows, f"saetools train: {cfg.data}")
-            write_html(figure, run.out / "curves.html")
-        except Exception:  # noqa: BLE001 - the plot never hides the real error
-            pass
+        if run.is_main:
+            try:
+                figure = curves_figure(run.rows, f"saetools train: {cfg.data}")
+                write_html(figure, run.out / "curves.html")
+            except Exception:  # noqa: BLE001 - the plot never hides the real error
+                pass
     return last_eval
 
 
@@ -295,6 +364,12 @@ def train(
     if model is None:
         lm = load_model(cfg.model)
         model, tokenizer = lm.model, lm.tokenizer
+    launch = init_from_env(str(next(model.parameters()).device))
+    if cfg.batch_size % launch.world_size:
+        raise ValueError(
+            f"batch size {cfg.batch_size} is not a multiple of the {launch.world_size} processes: "
+            "each step's batch is split evenly over them"
+        )
     directions = None
     if cfg.directions:
         directions = DirectionSet.load(cfg.directions, model, force=cfg.force)
@@ -303,10 +378,20 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model, full = _make_trainable(model, cfg)
-    run = _prepare(cfg, out, model, tokenizer, terms, full, exs)
+    run = _prepare(cfg, out, model, tokenizer, terms, full, exs, launch)
+    run.barrier()  # every rank has checked the folder before rank 0 writes into it
     _open_folder(run, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    last_eval = _steps(run, start, end, progress=progress, on_step=on_step)
+    try:
+        last_eval = _steps(run, start, end, progress=progress, on_step=on_step)
+    finally:
+        if run.world > 1:
+            # free the DDP reducer (it holds the process group) before the group goes: see
+            # tests/test_ddp.py for the gloo teardown abort this avoids
+            run.reg.model = run.model
+            run.grad_model = None
+            gc.collect()
+    run.barrier()
     ckpts = list_checkpoints(out)
     return {
         "step": end,

@@ -37,8 +37,9 @@ class RegularizedTrainerMixin:
     constructor arguments: ``regularizer`` (a ready :class:`RegularizedLoss`) or
     ``regularizer_terms`` (+ optional ``reference``, ``anchor``). ``compute_loss`` runs the model
     through the regularizer (task loss on the ``labels``, each term), logs each term (averaged over
-    the steps between two logs) and weights micro-batches by their loss tokens so that gradient
-    accumulation gives the update of one big batch.
+    the steps between two logs, and over the processes when data parallel) and weights
+    micro-batches by their loss tokens so that gradient accumulation gives the update of one big
+    batch.
 
     Options that hide the logits (Liger kernels' fused/chunked loss) are refused at construction
     with a message naming the option to set, since every term needs θ's logits or activations.
@@ -123,8 +124,14 @@ class RegularizedTrainerMixin:
 
     def log(self, logs, *args, **kwargs):
         if self._term_count and "loss" in logs:
-            for k, v in self._term_sums.items():
-                logs[f"reg/{k}"] = v / self._term_count
+            means = {k: v / self._term_count for k, v in self._term_sums.items()}
+            if getattr(self.args, "world_size", 1) > 1 and means:
+                # every process logs at the same steps: average the processes' means
+                vals = torch.tensor(list(means.values()), device=self.args.device)
+                vals = self.accelerator.reduce(vals, reduction="mean")
+                means = dict(zip(means, vals.tolist(), strict=True))
+            for k, v in means.items():
+                logs[f"reg/{k}"] = v
             self._term_sums, self._term_count = {}, 0
         return super().log(logs, *args, **kwargs)
 
