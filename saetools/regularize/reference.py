@@ -81,6 +81,12 @@ def choose_reference(
                 f"reference has {n_layers(reference)} blocks, the model {n_layers(inner)}"
             )
     elif needed and not use_adapter_toggle:
+        if type(inner).__name__.startswith("FSDP"):
+            raise ValueError(
+                "the model is sharded with FSDP (fully_shard), which cannot be deep-copied into a "
+                "frozen θ0: pass reference= (the same model before fine-tuning, sharded like it "
+                "or whole on every rank)"
+            )
         reference = frozen_copy(inner)
         _freeze(reference)
     return reference, use_adapter_toggle
