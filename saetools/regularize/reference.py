@@ -2,7 +2,7 @@
 
 With PEFT, θ0 is the same model with its adapters disabled (no extra memory). Otherwise, if a loss
 term needs θ0 and none is given, it is a deep copy of θ made once (:func:`frozen_copy`), frozen and
-in eval mode. Hooks go on the unwrapped model (:func:`unwrap` strips DDP / FSDP /
+in eval mode. Hooks go on the unwrapped model (:func:`unwrap` strips DDP / FSDP / DeepSpeed /
 ``torch.compile`` wrappers). θ0's passes run in eval mode (no dropout) and without gradient, and
 stop after the deepest site they need unless θ0's logits are needed (:class:`~.terms.KL`); for the
 chunked logit terms a :class:`~.head.HeadTap` records θ0's final hidden states instead of its
@@ -27,8 +27,14 @@ from .head import HeadTap
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel / DataParallel / FSDP / torch.compile wrappers."""
-    wrappers = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+    """Strip DistributedDataParallel / DataParallel / FSDP / DeepSpeed engine / torch.compile
+    wrappers."""
+    wrappers = (
+        "DistributedDataParallel",
+        "DataParallel",
+        "FullyShardedDataParallel",
+        "DeepSpeedEngine",
+    )
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod
