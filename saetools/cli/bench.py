@@ -21,6 +21,7 @@ from ..defenses import (
     run_benchmark,
     write_report,
 )
+from .common import add_figure_options
 
 
 def register(sub) -> None:
@@ -44,6 +45,7 @@ def register(sub) -> None:
     )
     add_arguments(d)
     d.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_figure_options(d)
     d.set_defaults(func=_run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .common import add_model_options, load_model_from_args
+from .common import add_figure_options, add_model_options, load_model_from_args
 
 
 def register(sub) -> None:
@@ -98,6 +98,7 @@ def register(sub) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_figure_options(p)
     p.set_defaults(func=run_eval)
 
 

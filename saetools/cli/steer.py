@@ -7,7 +7,12 @@ import argparse
 import json
 import sys
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+)
 
 # Alphas like "-8,-4,0,4,8" start with "-": the parser (cli.common.ArgumentParser) reads an argument
 # that starts with a negative number (lists and ranges included) as a value, not as an option.
@@ -177,6 +182,7 @@ def _register_sweep(sub) -> None:
         help="embed plotly.js in the HTML (works offline) or load it from a CDN (small file)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_figure_options(s)
     s.set_defaults(func=run_sweep)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import add_model_options
+from .common import add_figure_options, add_model_options
 
 
 def _float(text: str) -> float:
@@ -94,6 +94,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 
