@@ -7,7 +7,6 @@ The render needs a Chrome or Chromium. Without one it is skipped, except when
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import xml.etree.ElementTree as ET
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chromium_pages import require_chrome_or_skip
 from conftest import D_MODEL, N_LAYERS, make_tiny_model, make_tiny_tokenizer
 
 from saetools.cli import main
@@ -29,19 +29,6 @@ from saetools.plots import (
 )
 
 SITE = "blocks.1.hook_resid_post"
-
-
-def require_chrome_or_skip() -> str:
-    chrome = find_chrome()
-    if chrome is not None:
-        return chrome
-    why = (
-        "no Chrome or Chromium found ($BROWSER_PATH, or chromium/google-chrome on PATH): "
-        "`bash run.sh setup` installs Debian's chromium where apt-get is available"
-    )
-    if os.environ.get("SAETOOLS_REQUIRE_CHROME") == "1":
-        pytest.fail(f"SAETOOLS_REQUIRE_CHROME=1 but {why}")
-    pytest.skip(why)
 
 
 # ---------------------------------------------------------------------- image file checks
