@@ -180,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         "--directions", action="append", default=[], metavar="NAME=FILE", help="as for serve"
     )
     p.add_argument("--json", default=None, help="write every row here")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
     p.add_argument("--allow-differences", action="store_true", help="exit 0 even if answers differ")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm = load_model(args.model)
     directions = {}
     for item in args.directions:
