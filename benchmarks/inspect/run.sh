@@ -54,5 +54,7 @@ STEER="{\"site\": \"$SITE\", \"op\": \"add\", \"alpha\": $ALPHA, \"direction\": 
 time run_inspect steered --extra-body "{\"saetools\": {\"steer\": [$STEER]}}"
 kill $SERVER; wait $SERVER 2>/dev/null || true
 trap - EXIT
+# One torch thread: the check's forwards are small, and on a busy machine spinning threads cost
+# far more than they give (25 min with 2 threads, 2 min 20 s with 1, for one log; load 12-17).
 time python "$HERE/compare.py" "$OUT/unsteered" "$OUT/steered" --directions "em=$DIRECTIONS" \
-  --json "$OUT/compare.json"
+  --threads 1 --json "$OUT/compare.json"
