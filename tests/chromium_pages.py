@@ -180,41 +180,50 @@ class Chromium:
         self.close()
 
 
-def open_page(browser: Chromium, path: Path, settle_s: float = 0.3) -> dict:
-    """Load one file in a new tab and return what it did: ``errors`` (uncaught exceptions,
-    ``console.error`` calls, error log entries), ``failed_loads`` (URL and reason), ``links``
-    (every href/src as written), ``plots`` and ``plots_drawn`` (plotly divs, and those with
-    their SVG), ``seconds``."""
-    t0 = time.monotonic()
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
-        "sessionId"
-    ]
+def open_pages(browser: Chromium, paths: list[Path], settle_s: float = 0.3) -> list[dict]:
+    """Load files, each in its own tab, all at once (their renderers work in parallel), and return
+    what each did: ``errors`` (uncaught exceptions, ``console.error`` calls, error log entries),
+    ``failed_loads`` (URL and reason), ``links`` (every href/src as written), ``plots`` and
+    ``plots_drawn`` (plotly divs, and those that drew their SVG)."""
+    tabs = []
     try:
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            browser.send(f"{domain}.enable", session=session)
-        nav = browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
-        if nav.get("errorText"):
-            raise RuntimeError(f"{path}: {nav['errorText']}")
-        browser.wait_for("Page.loadEventFired", session)
+        for path in paths:
+            target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"
+            ]
+            tabs.append((target, session))
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                browser.send(f"{domain}.enable", session=session)
+            nav = browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
+            if nav.get("errorText"):
+                raise RuntimeError(f"{path}: {nav['errorText']}")
+        for _, session in tabs:
+            browser.wait_for("Page.loadEventFired", session)
         time.sleep(settle_s)  # let promise callbacks (plotly draws asynchronously) run
-        links = _evaluate(browser, session, LINKS_JS)
-        plots, drawn = _evaluate(browser, session, PLOTS_JS)
-        events = browser.take_events(session)
+        out = []
+        for _, session in tabs:
+            links = _evaluate(browser, session, LINKS_JS)
+            plots, drawn = _evaluate(browser, session, PLOTS_JS)
+            events = browser.take_events(session)
+            urls = _request_urls(events)
+            out.append(
+                {
+                    "errors": _errors(events),
+                    "failed_loads": [
+                        (urls.get(e["params"]["requestId"], "?"), e["params"]["errorText"])
+                        for e in events
+                        if e.get("method") == "Network.loadingFailed"
+                    ],
+                    "links": links,
+                    "plots": plots,
+                    "plots_drawn": drawn,
+                }
+            )
+        return out
     finally:
-        browser.send("Target.closeTarget", {"targetId": target})
-    return {
-        "errors": _errors(events),
-        "failed_loads": [
-            (_request_urls(events).get(e["params"]["requestId"], "?"), e["params"]["errorText"])
-            for e in events
-            if e.get("method") == "Network.loadingFailed"
-        ],
-        "links": links,
-        "plots": plots,
-        "plots_drawn": drawn,
-        "seconds": round(time.monotonic() - t0, 2),
-    }
+        for target, _ in tabs:
+            browser.send("Target.closeTarget", {"targetId": target})
 
 
 def _evaluate(browser: Chromium, session: str, expression: str):
@@ -251,32 +260,31 @@ def _request_urls(events: list[dict]) -> dict[str, str]:
     }
 
 
-def check_pages(browser: Chromium, start: Path) -> dict[str, dict]:
-    """Open ``start`` and, transitively, every HTML file it links inside its folder. Returns one
-    :func:`open_page` result per page (keyed by path relative to ``start``'s folder), each with
-    ``missing``: the local links whose file does not exist, and ``external``: links that leave
-    the folder's files (URLs with a scheme other than file, fragments excluded)."""
+def check_pages(browser: Chromium, start: Path, tabs: int = 4) -> dict[str, dict]:
+    """Open ``start`` and, transitively, every HTML file it links inside its folder (up to
+    ``tabs`` at a time). Returns one :func:`open_pages` result per page (keyed by path relative to
+    ``start``'s folder), each with ``missing``: the local links whose file does not exist, and
+    ``external``: http(s) links (the page's own loads of them are in ``failed_loads``)."""
     root = start.resolve().parent
-    todo, seen, report = [start.resolve()], set(), {}
+    todo, seen, report = [start.resolve()], {start.resolve()}, {}
     while todo:
-        page = todo.pop(0)
-        if page in seen:
-            continue
-        seen.add(page)
-        res = open_page(browser, page)
-        res["missing"], res["external"] = [], []
-        for link in res["links"]:
-            parts = urlsplit(link)
-            if parts.scheme in ("http", "https", "data", "mailto", "javascript"):
-                if parts.scheme in ("http", "https"):
-                    res["external"].append(link)
-                continue
-            if not parts.path:  # "#anchor"
-                continue
-            target = (page.parent / unquote(parts.path)).resolve()
-            if not target.is_file():
-                res["missing"].append(link)
-            elif target.suffix == ".html" and target.is_relative_to(root):
-                todo.append(target)
-        report[str(page.relative_to(root))] = res
+        batch, todo = todo[:tabs], todo[tabs:]
+        for page, res in zip(batch, open_pages(browser, batch), strict=True):
+            res["missing"], res["external"] = [], []
+            for link in res["links"]:
+                parts = urlsplit(link)
+                if parts.scheme in ("http", "https", "data", "mailto", "javascript"):
+                    if parts.scheme in ("http", "https"):
+                        res["external"].append(link)
+                    continue
+                if not parts.path:  # "#anchor"
+                    continue
+                target = (page.parent / unquote(parts.path)).resolve()
+                if not target.is_file():
+                    res["missing"].append(link)
+                elif target.suffix == ".html" and target.is_relative_to(root):
+                    if target not in seen:
+                        seen.add(target)
+                        todo.append(target)
+            report[str(page.relative_to(root))] = res
     return report
