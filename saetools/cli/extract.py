@@ -195,7 +195,9 @@ def _run_modeldiff(args, ps, lm, out, report, t0, distributed: bool = False) -> 
 
 
 def _run_sae(args, ps, lm, out, report, t0) -> int:
-    from ..extract.sae import directions_from_latents, latent_report, rank_latents
+    from ..extract.latent_directions import directions_from_latents
+    from ..extract.latent_report import latent_report
+    from ..extract.latents import rank_latents
     from ..plots import write_html
     from ..sae import load_sae, parse_latents
 
