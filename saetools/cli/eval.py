@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .common import add_model_options, load_model_from_args
+from .common import add_model_options, load_model_from_args, nonnegative_float32, seed
 from .data_options import add_format_options, load_set
 
 
@@ -60,8 +60,8 @@ def register(sub) -> None:
         "else 4)",
     )
     s.add_argument("--max-new-tokens", type=int, default=96)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=nonnegative_float32, default=1.0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--opswap-limit", type=int, default=None, help="score only N opswap items")
     j = p.add_argument_group("judge (any OpenAI-compatible endpoint)")
@@ -169,6 +169,10 @@ def run_eval(args) -> int:
     )
 
     suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
+    if args.alpha is not None:  # and on an alpha out of range
+        from ..steer import parse_site_alphas
+
+        parse_site_alphas(args.alpha)
     if args.samples is not None and args.samples < 1:
         raise ValueError("--samples must be >= 1")
     # the data files are read (and checked) before the model is loaded
@@ -178,8 +182,8 @@ def run_eval(args) -> int:
         import probes
 
         questions = probes.as_set(args.questions)
-    if args.directions and not os.path.isfile(args.directions):
-        raise FileNotFoundError(f"direction file {args.directions} does not exist")
+    # the direction file is read (and checked) before the model too; its model check comes after
+    ds = DirectionSet.load(args.directions) if args.directions else None
     if args.threads:
         torch.set_num_threads(args.threads)
     base = JudgeConfig(
@@ -198,10 +202,9 @@ def run_eval(args) -> int:
     if args.judge_url and args.judge_url != "local" and not args.judge_model:
         raise ValueError("--judge-url needs --judge-model (or $SAETOOLS_JUDGE_MODEL)")
     lm = load_model_from_args(args)
-    ds = None
     site = args.site
-    if args.directions:
-        ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
+    if ds is not None:
+        ds.check_model(lm.model, force=args.force)
         if site is None:
             site = ds.best_site()
             args.site = site
