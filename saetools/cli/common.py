@@ -31,7 +31,7 @@ def _limited(check, what: str):
         from ..steer import SteeringError
 
         try:
-            value = int(text) if what == "integer" else float(text)
+            value = int(text) if what == "an integer" else float(text)
         except ValueError:
             shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
             raise argparse.ArgumentTypeError(f"not {what}: {shown!r}") from None
@@ -80,6 +80,12 @@ def seed(text: str) -> int:
     """A random seed: an integer ``torch.manual_seed`` takes (``-2**63 .. 2**64 - 1``)."""
     from ..steer import check_seed
 
+    digits = text.strip().lstrip("+-")
+    if digits.isdigit() and len(digits) > 40:  # int() refuses over 4300 digits; all are too big
+        raise argparse.ArgumentTypeError(
+            "the value must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed "
+            f"takes), not an integer of {len(digits)} digits"
+        )
     return _limited(check_seed, "an integer")(text)
 
 
