@@ -174,12 +174,13 @@ def test_wrong_metadata_types_in_every_command(tmp_path, tiny_folder, capsys, ch
         ["steer", "--model", tiny_folder, "--directions", path, "--site", S1, "--prompt", "hi",
          "--force"],
         ["sweep", "--model", tiny_folder, "--directions", path, "--site", S1],
+        ["eval", "--model", tiny_folder, "--directions", path, "--out", tmp_path / "ev"],
     ]  # fmt: skip
     for argv in commands:
         rc, err = _run(capsys, *argv)
         assert rc == 1 and field in err and kind in err, (argv[0], err)
         assert "Traceback" not in err
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "ev").exists()
 
 
 def test_string_fingerprint_never_skips_the_model_check(tmp_path, tiny_folder, capsys):
@@ -305,6 +306,7 @@ def test_a_directory_is_named_as_one(tmp_path, tiny_folder, capsys):
         ["export", folder, "--format", "gguf", "--out", tmp_path / "o.gguf"],
         ["steer", "--model", tiny_folder, "--directions", folder, "--site", S1, "--prompt", "x"],
         ["import", folder, "--model", "none", "--out", tmp_path / "o.safetensors"],
+        ["eval", "--model", tiny_folder, "--directions", folder, "--out", tmp_path / "ev"],
     ):
         rc, err = _run(capsys, *argv)
         assert rc == 1 and "is a directory" in err, (argv[0], err)
@@ -411,6 +413,8 @@ def test_every_command_uses_the_same_checks(capsys, tmp_path):
         ["train", "--data", "x", "--out", tmp_path, "--lr", "nan"],
         ["train", "--data", "x", "--out", tmp_path, "--lr", "0"],
         ["train", "--data", "x", "--out", tmp_path, "--lr", "1e39"],
+        ["sae", "train", "--site", S1, "--out", tmp_path, "--seed", big],
+        ["sae", "train", "--site", S1, "--out", tmp_path, "--lr", "-1"],
     ):
         err = _usage_error(capsys, *argv)
         assert f"argument {argv[-2]}" in err, err

@@ -169,10 +169,13 @@ def run_eval(args) -> int:
     )
 
     suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
-    if args.alpha is not None:  # and on an alpha out of range
+    # ... on an alpha out of range, and on a bad direction file (checked against the model later)
+    if args.alpha is not None:
         from ..steer import parse_site_alphas
 
         parse_site_alphas(args.alpha)
+    if args.directions:
+        DirectionSet.load(args.directions)
     if args.samples is not None and args.samples < 1:
         raise ValueError("--samples must be >= 1")
     # the data files are read (and checked) before the model is loaded
@@ -182,8 +185,8 @@ def run_eval(args) -> int:
         import probes
 
         questions = probes.as_set(args.questions)
-    # the direction file is read (and checked) before the model too; its model check comes after
-    ds = DirectionSet.load(args.directions) if args.directions else None
+    if args.directions and not os.path.isfile(args.directions):
+        raise FileNotFoundError(f"direction file {args.directions} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
     base = JudgeConfig(
@@ -202,9 +205,10 @@ def run_eval(args) -> int:
     if args.judge_url and args.judge_url != "local" and not args.judge_model:
         raise ValueError("--judge-url needs --judge-model (or $SAETOOLS_JUDGE_MODEL)")
     lm = load_model_from_args(args)
+    ds = None
     site = args.site
-    if ds is not None:
-        ds.check_model(lm.model, force=args.force)
+    if args.directions:
+        ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
         if site is None:
             site = ds.best_site()
             args.site = site
