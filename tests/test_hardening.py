@@ -454,8 +454,6 @@ def test_python_api_refuses_the_same_values(tiny_tokenizer):
         with pytest.raises(SteeringError, match="float32"):
             Intervention(S1, v, alpha=alpha)
     with pytest.raises(SteeringError, match="float32"):
-        Intervention(S1, v * 1e3, alpha=3e38)  # alpha x vector overflows
-    with pytest.raises(SteeringError, match="float32"):
         Intervention(S1, v, "clamp", value=1e300)
     with pytest.raises(SteeringError, match="float32"):
         parse_alphas([0.0, 1e300])

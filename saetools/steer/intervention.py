@@ -27,7 +27,7 @@ from torch import nn
 
 from ..sites import Site, d_model, n_layers, parse_site, parse_sites
 from ..stats import orthonormal_basis
-from .limits import FLOAT32_MAX, check_float32
+from .limits import check_float32
 from .ops import OPS, SteeringError, ablate, clamp
 from .positions import check_positions
 
@@ -95,11 +95,6 @@ class Intervention:
                 alpha = check_float32(self.alpha, "alpha")
             except SteeringError as e:
                 raise SteeringError(f"{what}: {e}") from None
-            if float((v.double() * alpha).abs().max()) > FLOAT32_MAX:
-                raise SteeringError(
-                    f"{what}: alpha {alpha:g} times the vector (largest entry "
-                    f"{float(v.abs().max()):g}) is beyond float32's range ({FLOAT32_MAX:.8g})"
-                )
             self.alpha = alpha
         elif self.op == "ablate":
             try:
