@@ -113,22 +113,27 @@ def _has_type(value, expected: str) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)  # "number"
 
 
-def _check_field(where: str, name: str, value, expected: str) -> None:
+def _check_field(where: str | None, name: str, value, expected: str) -> None:
     if not _has_type(value, expected):
         article = "an" if expected[0] in "aeiou" else "a"
         nullable = "" if expected == "object" else " (or null)"
         shown = "" if isinstance(value, (dict, list)) else f" ({json.dumps(value)[:60]})"
         raise DirectionFileError(
-            f"{where}: metadata field '{name}' must be {article} {expected}{nullable}, not "
-            f"{_json_type(value)}{shown}; the file is damaged or was not written by saetools"
+            f"{where or 'DirectionSet metadata'}: metadata field '{name}' must be {article} "
+            f"{expected}{nullable}, not {_json_type(value)}{shown}"
+            + ("; the file is damaged or was not written by saetools" if where else "")
         )
 
 
-def check_metadata(meta: dict, where: str = "DirectionSet metadata") -> None:
+def check_metadata(meta: dict, where: str | None = None) -> None:
     """Refuse metadata whose fields (and their nested fields) have the wrong JSON type, with a
-    :class:`DirectionFileError` naming the field and the type it must have (``where``: the file)."""
+    :class:`DirectionFileError` naming the field and the type it must have. ``where``: the file
+    the metadata was read from (None: metadata given in Python)."""
     if not isinstance(meta, dict):
-        raise DirectionFileError(f"{where} must be a dict (a JSON object), not {_json_type(meta)}")
+        raise DirectionFileError(
+            f"{where or 'DirectionSet metadata'} must be a dict (a JSON object), not "
+            f"{_json_type(meta)}"
+        )
     for name, expected in METADATA_FIELDS.items():
         if name in meta:
             _check_field(where, name, meta[name], expected)
@@ -348,7 +353,7 @@ def _read_metadata(path: Path) -> dict:
         )
     try:
         meta = json.loads(meta_raw["saetools"])
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: also an integer of > 4300 digits
         raise DirectionFileError(f"{path}: the saetools metadata is not valid JSON ({e})") from e
     if not isinstance(meta, dict):
         raise DirectionFileError(f"{path}: the saetools metadata is not a JSON object")
@@ -380,7 +385,7 @@ def read_header(path: Path) -> dict:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8, integers of > 4300 digits
         raise DirectionFileError(
             f"{path} is not a safetensors file, or it is corrupt (header is not JSON)"
         ) from e

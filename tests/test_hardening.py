@@ -216,11 +216,13 @@ def test_non_string_safetensors_metadata(tmp_path, capsys, header_meta):
         assert rc == 1 and "metadata values are strings" in err and "TypeError" not in err
 
 
-def test_deeply_nested_metadata_is_refused_cleanly(tmp_path):
+def test_deeply_nested_or_huge_metadata_is_refused_cleanly(tmp_path):
     deep = "[" * 100_000 + "]" * 100_000
-    path = forge(tmp_path / "deep.safetensors", {"format": FORMAT_NAME, "saetools": deep})
-    with pytest.raises(DirectionFileError, match="not valid JSON"):
-        DirectionSet.load(path)
+    huge = '{"format_version": 1, "counts": {"x": ' + "9" * 5000 + "}}"
+    for text in (deep, huge):
+        path = forge(tmp_path / "odd.safetensors", {"format": FORMAT_NAME, "saetools": text})
+        with pytest.raises(DirectionFileError, match="not valid JSON"):
+            DirectionSet.load(path)
 
 
 def _steering_vectors_file(path: Path, header_meta: dict) -> Path:
@@ -582,3 +584,10 @@ def test_run_json_is_written_atomically(tmp_path, data, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "run.json", "tiny.jsonl"]
     write_json_atomic(target, {"new": 1}, indent=2)
     assert json.loads(target.read_text()) == {"new": 1}
+    # a run.json that is not a run's options is refused by name
+    from saetools.train import RunMismatchError
+    from saetools.train.checkpoints import check_run_folder
+
+    (out / "run.json").write_text("[1, 2]")
+    with pytest.raises(RunMismatchError, match="run.json is not a JSON object"):
+        check_run_folder(out, _cfg(data), resume=True)

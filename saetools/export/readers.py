@@ -159,7 +159,7 @@ def _build(
         if isinstance(embedded, str):
             try:
                 meta["source_metadata"] = json.loads(embedded)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):
                 pass
     inner = meta.get("source_metadata")
     inner = inner.get("metadata") if isinstance(inner, dict) else None

@@ -137,7 +137,7 @@ def read_metrics(path: Path) -> list[dict]:
     for k, (i, line) in enumerate(numbered):
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:
             if k == len(numbered) - 1:
                 warnings.warn(
                     f"{path}, line {i}: skipping a torn last line (not valid JSON: {e}); it was "
@@ -168,8 +168,10 @@ def check_run_folder(out: str | os.PathLike, cfg: TrainConfig, resume: bool) -> 
         return 0
     try:
         old = json.loads(run_json.read_text())
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise RunMismatchError(f"{run_json} is not valid JSON ({e})") from None
+    if not isinstance(old, dict):
+        raise RunMismatchError(f"{run_json} is not a JSON object (a run's options)")
     new = cfg.to_json()
     diff = cfg.changed_fields(old)
     if diff:
