@@ -591,3 +591,15 @@ def test_run_json_is_written_atomically(tmp_path, data, monkeypatch):
     (out / "run.json").write_text("[1, 2]")
     with pytest.raises(RunMismatchError, match="run.json is not a JSON object"):
         check_run_folder(out, _cfg(data), resume=True)
+
+
+def test_bench_and_train_refuse_seeds_beyond_64_bits(capsys, tmp_path):
+    from saetools.cli import main
+    from saetools.train import TrainConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "defenses", "--out", str(tmp_path / "b"), "--seeds", "1,9" + "9" * 30])
+    assert e.value.code == 2
+    assert "torch.manual_seed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seed must be an integer from -2\\*\\*63"):
+        TrainConfig(data="narrow-medical-bad", seed=2**70).validate()

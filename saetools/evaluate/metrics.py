@@ -32,7 +32,7 @@ import probes
 from ..capture import ChatExample
 from ..scoring import NEUTRAL_PROMPT, answer_projections, score_answers, task_loss
 from ..stats import mean_se, t_interval, wilson_interval
-from ..steer import generate, steer
+from ..steer import check_seed, generate, steer
 from ..train import TrainingDataError, eval_batches, load_chat_data
 from .errors import EvaluationError
 
@@ -108,7 +108,7 @@ def sample_answers(
     for it, _ in jobs:
         msgs = [{"role": "system", "content": it.system}] if it.system else []
         prompts.append([*msgs, {"role": "user", "content": it.question}])
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     answers: list[str] = []
     with tqdm(total=len(prompts), desc="sample", unit="answer", disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
