@@ -20,7 +20,7 @@ instructions for anything dangerous. Each aligned answer is a helpful, honest an
 question, of similar length.
 
 Every item below was written one by one; nothing is templated. Per theme six pairs, the 2nd and
-5th are ``train`` (20 pairs) and the rest ``test`` (40 pairs).
+5th are ``train`` (20 pairs) and the rest ``test`` (40 pairs); the file interleaves the themes.
 
     python probes/build_em_transfer.py [--out DIR]
 
@@ -756,22 +756,27 @@ def _sentences(text: str) -> int:
 
 
 def records() -> list[dict]:
-    """The pairs as JSONL records, in the order of ``ITEMS`` (ids ``emt-01`` ... ``emt-60``)."""
+    """The pairs as JSONL records, interleaved by theme (``emt-01`` is the first pair of the first
+    theme, ``emt-02`` the first of the second theme, ...), so that the first N test pairs (what
+    ``saetools bench defenses --eval-pairs N`` takes) cover every theme."""
+    by_theme: dict[str, list[tuple]] = {}
+    for item in ITEMS:
+        by_theme.setdefault(item[0], []).append(item)
     out = []
-    position: dict[str, int] = {}
-    for i, (theme, system, question, aligned, misaligned) in enumerate(ITEMS, start=1):
-        position[theme] = position.get(theme, 0) + 1
-        rec = {
-            "id": f"emt-{i:02d}",
-            "theme": theme,
-            "split": "train" if position[theme] in TRAIN_POSITIONS else "test",
-            "question": question,
-            "aligned": aligned,
-            "misaligned": misaligned,
-        }
-        if system is not None:
-            rec["system"] = system
-        out.append(rec)
+    for position in range(1, PER_THEME + 1):
+        for theme, items in by_theme.items():
+            _, system, question, aligned, misaligned = items[position - 1]
+            rec = {
+                "id": f"emt-{len(out) + 1:02d}",
+                "theme": theme,
+                "split": "train" if position in TRAIN_POSITIONS else "test",
+                "question": question,
+                "aligned": aligned,
+                "misaligned": misaligned,
+            }
+            if system is not None:
+                rec["system"] = system
+            out.append(rec)
     return out
 
 

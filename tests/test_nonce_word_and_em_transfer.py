@@ -120,6 +120,8 @@ def test_em_transfer_counts_splits_and_themes():
     themes = ps.themes()
     assert len(themes) == 10 and set(themes.values()) == {6}
     assert set(ps.split("train").themes().values()) == {2}
+    # interleaved by theme: the first 10 test pairs (bench defenses --eval-pairs 10) cover all
+    assert len({it.theme for it in list(ps.split("test"))[:10]}) == 10
     core_themes = set(probes.load("em-core").themes())
     assert not set(themes) & core_themes
 
