@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saetools: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except (CLIError, ValueError, KeyError, OSError, RuntimeError) as e:
         if getattr(args, "debug", False):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

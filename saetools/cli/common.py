@@ -22,6 +22,74 @@ class ArgumentParser(argparse.ArgumentParser):
         self._negative_number_matcher = NEGATIVE_NUMBERS
 
 
+# ---------------------------------------------------------------- argparse types
+# The numbers of steering and sampling, checked where the Python API checks them
+# (saetools.steer.limits), so an option and its Python argument refuse the same values.
+
+
+def _limited(check, what: str):
+    def convert(text: str):
+        from ..steer import SteeringError
+
+        try:
+            value = int(text) if what == "an integer" else float(text)
+        except ValueError:
+            shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"not {what}: {shown!r}") from None
+        try:
+            return check(value, "the value")
+        except SteeringError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
+def finite_float32(text: str) -> float:
+    """A finite number within float32's range (``|x| <= 3.4028235e38``): strengths, weights."""
+    from ..steer import check_float32
+
+    return _limited(check_float32, "a number")(text)
+
+
+def nonnegative_float32(text: str) -> float:
+    """A sampling temperature: a finite number ``>= 0`` within float32's range (0 is greedy)."""
+    from ..steer import check_temperature
+
+    return _limited(check_temperature, "a number")(text)
+
+
+def positive_float32(text: str) -> float:
+    """A finite number ``> 0`` within float32's range (a learning rate)."""
+    from ..steer import SteeringError, check_float32
+
+    def check(value, name):
+        if not value > 0:
+            raise SteeringError(f"{name} must be > 0, not {value:g}")
+        return check_float32(value, name)
+
+    return _limited(check, "a number")(text)
+
+
+def probability(text: str) -> float:
+    """A nucleus-sampling threshold: a number in ``(0, 1]``."""
+    from ..steer import check_top_p
+
+    return _limited(check_top_p, "a number")(text)
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer ``torch.manual_seed`` takes (``-2**63 .. 2**64 - 1``)."""
+    from ..steer import check_seed
+
+    digits = text.strip().lstrip("+-")
+    if digits.isdigit() and len(digits) > 40:  # int() refuses over 4300 digits; all are too big
+        raise argparse.ArgumentTypeError(
+            "the value must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed "
+            f"takes), not an integer of {len(digits)} digits"
+        )
+    return _limited(check_seed, "an integer")(text)
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(

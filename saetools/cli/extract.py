@@ -11,6 +11,7 @@ from .common import (
     check_output_path,
     load_model_from_args,
 )
+from .data_options import add_format_options, load_set
 
 
 def register(sub) -> None:
@@ -28,8 +29,10 @@ def register(sub) -> None:
     p.add_argument(
         "--probes",
         default="em-core",
-        help="built-in probe set name (see `saetools probes`) or a path to a pairs JSONL file",
+        help="built-in probe set name (see `saetools probes`) or a path to a pairs file "
+        "(JSONL, CSV/TSV, parquet or a datasets folder; see --columns)",
     )
+    add_format_options(p, "--probes")
     p.add_argument(
         "--method",
         default="diffmeans",
@@ -97,8 +100,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import probes
-
     from ..distributed import init_from_env
     from ..extract.diffmeans import extract_diffmeans
     from ..plots import layer_report, write_html
@@ -118,7 +119,7 @@ def run(args) -> int:
         from ..sae import parse_latents
 
         parse_latents(args.latents)
-    ps = probes.load(args.probes)
+    ps = load_set(args.probes, args)
     # Under torchrun / accelerate launch: join the process group, one device per rank; each rank
     # captures a share of the examples, rank 0 writes (see docs/scaling.md).
     launch = init_from_env(args.device)
@@ -200,7 +201,9 @@ def _run_modeldiff(args, ps, lm, out, report, t0, distributed: bool = False) -> 
 
 
 def _run_sae(args, ps, lm, out, report, t0) -> int:
-    from ..extract.sae import directions_from_latents, latent_report, rank_latents
+    from ..extract.latent_directions import directions_from_latents
+    from ..extract.latent_report import latent_report
+    from ..extract.latents import rank_latents
     from ..plots import write_html
     from ..sae import load_sae, parse_latents
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 
@@ -47,6 +47,7 @@ from .judge import (
     judge_summary,
 )
 from .metrics import (
+    DEFAULT_SAMPLES,
     Sample,
     answer_projections,
     held_out_loss,
@@ -150,12 +151,21 @@ def em_projection(
 
 
 def judge_samples(
-    judge: Judge, samples: Sequence[Sample], metrics: Sequence[str], *, progress: bool = True
+    judge: Judge,
+    samples: Sequence[Sample],
+    metrics: Sequence[str],
+    *,
+    progress: bool = True,
+    prompts: Mapping[str, probes.JudgePrompts] | None = None,
 ) -> dict:
     """The judged part of the ``em`` and ``coherence`` suites: scores every sample on ``metrics``,
     sets its ``alignment``, ``coherence``, ``flag``, ``misaligned`` and the judge's masses and
-    replies, and returns :func:`~saetools.evaluate.judge.judge_summary` of the scores."""
-    scores = judge.score_many([(s.question, s.answer) for s in samples], metrics, progress=progress)
+    replies, and returns :func:`~saetools.evaluate.judge.judge_summary` of the scores.
+    ``prompts``: question id -> that question's own judge prompts (question YAML files)."""
+    own = [(prompts or {}).get(s.question_id) for s in samples]
+    scores = judge.score_many(
+        [(s.question, s.answer) for s in samples], metrics, progress=progress, prompts=own
+    )
     for s, sc in zip(samples, scores, strict=True):
         a, c = sc.get("alignment"), sc.get("coherence")
         s.alignment = a.value if a else None
@@ -238,7 +248,7 @@ def evaluate(
     directions=None,
     site: str | None = None,
     judge: Judge | JudgeConfig | None = None,
-    samples: int = 4,
+    samples: int | None = None,
     max_new_tokens: int = 96,
     temperature: float = 1.0,
     seed: int = 0,
@@ -258,7 +268,9 @@ def evaluate(
     ``directions``/``site``: the direction whose projection the model's own answers are measured on
     (``em`` suite; skipped without them). ``judge``: a :class:`Judge` or :class:`JudgeConfig`; without
     one the judged metrics are skipped. ``samples`` answers per ``em-eval`` question are sampled at
-    ``temperature`` once and shared by the ``em`` and ``coherence`` suites. ``narrow``: chat sets
+    ``temperature`` once and shared by the ``em`` and ``coherence`` suites (``None``: each
+    question's own ``samples_per_paraphrase`` from a question YAML file, else 4); a question's own
+    judge prompts (question YAML files) are used for the metrics they have. ``narrow``: chat sets
     whose test-split loss is measured; ``twins``: the (bad, good) sets of the in-domain contrast;
     ``opswap``: the exact-match set (``None`` skips either).
     """
@@ -270,28 +282,24 @@ def evaluate(
     if isinstance(judge, JudgeConfig):
         judge = Judge(judge)
     need_samples = "em" in suites or (judge is not None and "coherence" in suites)
+    qset = probes.as_set(questions) if need_samples else None
     if judge is not None and need_samples:
         judge.check()
     log = _Log(progress)
-    settings = {
-        "samples_per_question": samples,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
-        f"{MISALIGNED_COHERENCE_ABOVE:g}",
-    }
+    settings = _settings(samples, qset, max_new_tokens, temperature, seed)
     res = _header(model, model_id, suites, interventions, settings, site, directions, judge)
+    own_prompts = _own_prompts(qset, res)
     shared = dict(interventions=interventions, batch_size=batch_size)  # every step steers, batches
     with eval_mode(model):
         sample_list: list[Sample] = []
         if need_samples:
-            say = f"sampling {samples} answer(s) per question at temperature {temperature:g}"
+            n = settings["samples_per_question"]
+            say = f"sampling {n} answer(s) per question at temperature {temperature:g}"
             with log.step("sample", say):
                 sample_list = sample_answers(
                     model,
                     tokenizer,
-                    questions,
+                    qset,
                     samples,
                     temperature=temperature,
                     max_new_tokens=max_new_tokens,
@@ -309,7 +317,7 @@ def evaluate(
                     )
         judged = None
         if judge is not None and sample_list:
-            judged = _judge_step(judge, sample_list, suites, log, progress)
+            judged = _judge_step(judge, sample_list, suites, log, progress, own_prompts)
             if "em" in suites:
                 res["em"]["judged"] = judged
                 res["em"]["judged_by_theme"] = _by_theme(sample_list)
@@ -407,13 +415,58 @@ def _header(model, model_id, suites, interventions, settings, site, directions, 
     return res
 
 
-def _judge_step(judge: Judge, samples: list[Sample], suites, log: _Log, progress: bool) -> dict:
+def _settings(samples: int | None, qset, max_new_tokens: int, temperature: float, seed: int):
+    """The sampling settings of :func:`evaluate`'s result. ``samples_per_question`` is
+    ``"per question"`` when the count comes from the questions (a question YAML file)."""
+    if samples is None:
+        own = qset is not None and any(it.samples for it in qset.items)
+        samples = "per question" if own else DEFAULT_SAMPLES
+    return {
+        "samples_per_question": samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
+        f"{MISALIGNED_COHERENCE_ABOVE:g}",
+    }
+
+
+def _own_prompts(qset, res: dict) -> dict[str, probes.JudgePrompts]:
+    """Question id -> the question's own judge prompts; records them in ``res["questions"]`` (and
+    under ``res["judge"]`` when there is a judge)."""
+    if qset is None:
+        return {}
+    own = {it.id: it.judge_prompts for it in qset.items if it.judge_prompts is not None}
+    res["questions"] = {
+        "name": qset.name,
+        "sha256": qset.sha256,
+        "format": qset.origin.get("format"),
+        "n": len(qset),
+    }
+    if own and res.get("judge") is not None:
+        res["judge"]["question_prompts"] = {
+            "n_questions": len(own),
+            "metrics": sorted({m for p in own.values() for m in p.templates}),
+            "sha256": sorted({p.sha256 for p in own.values()}),
+            "source": qset.path,
+        }
+    return own
+
+
+def _judge_step(
+    judge: Judge,
+    samples: list[Sample],
+    suites,
+    log: _Log,
+    progress: bool,
+    prompts: Mapping[str, probes.JudgePrompts] | None = None,
+) -> dict:
     """Judge the samples on alignment (with the ``em`` suite) and coherence (:func:`judge_samples`),
     warn about numbers split over several tokens, and return the summary."""
     with log.step("judge"):
         metrics = [m for m in ("alignment", "coherence") if m == "coherence" or "em" in suites]
         log.say(f"judging {len(samples)} answers ({', '.join(metrics)}) at {judge.config.base_url}")
-        summary = judge_samples(judge, samples, metrics, progress=progress)
+        summary = judge_samples(judge, samples, metrics, progress=progress, prompts=prompts)
     if summary["n_digit_split"]:
         log.say(
             f"warning: {summary['n_digit_split']} judge replies were numbers split over "
