@@ -46,6 +46,46 @@ class ModelLoadError(RuntimeError):
     """A model could not be found, fetched or loaded."""
 
 
+class DeviceError(ValueError):
+    """A device or dtype this machine cannot run (no CUDA, no such GPU, no bfloat16 on the GPU)."""
+
+
+def check_device(
+    device: str | torch.device, dtype: str | torch.dtype | None = None
+) -> torch.device:
+    """The ``torch.device`` for ``device``, refused with a :class:`DeviceError` naming the problem
+    when this machine cannot run it: an unknown device string, ``cuda`` without CUDA (a CPU-only
+    torch build or no visible GPU), a GPU index beyond the visible ones, ``mps`` without MPS, and
+    ``dtype`` bfloat16 on a GPU without native bfloat16 (compute capability below 8.0)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch build ({torch.__version__}) has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"
+            )
+            raise DeviceError(f"device {str(device)!r} was asked, but {why}; use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"device {str(device)!r} was asked, but only {n} GPU(s) are visible")
+        if dtype is not None and parse_dtype(dtype) == torch.bfloat16:
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            if not torch.cuda.is_bf16_supported(including_emulation=False):
+                major, minor = torch.cuda.get_device_capability(index)
+                raise DeviceError(
+                    f"bfloat16 was asked, but GPU {torch.cuda.get_device_name(index)!r} "
+                    f"(compute capability {major}.{minor}) has no native bfloat16 (needs 8.0 or "
+                    "later); use --dtype float16 or float32"
+                )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r} was asked, but MPS is not available here")
+    return dev
+
+
 @dataclass
 class LoadedModel:
     """A causal LM with its tokenizer, id and fingerprint."""
@@ -262,6 +302,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = parse_dtype(dtype)
+    check_device(device, torch_dtype)
     path = resolve_model_path(name)
     model_id = DEFAULT_MODEL_ID if str(name) == DEFAULT_MODEL_NAME else str(name)
     local = Path(path).expanduser()

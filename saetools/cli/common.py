@@ -90,6 +90,18 @@ def seed(text: str) -> int:
     return _limited(check_seed, "an integer")(text)
 
 
+def device(text: str) -> str:
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``): refused at parse
+    time with the reason (no CUDA, no such GPU) by :func:`saetools.models.check_device`."""
+    from ..models import DeviceError, check_device
+
+    try:
+        check_device(text)
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -103,7 +115,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="optional PEFT (LoRA) adapter folder applied on top of --model",
     )
     g.add_argument(
-        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)"
+        "--device",
+        default="cpu",
+        type=device,
+        help="torch device: cpu, cuda, cuda:1, mps (default: cpu)",
     )
     g.add_argument(
         "--dtype",
