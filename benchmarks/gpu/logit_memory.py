@@ -11,6 +11,11 @@ with the loss on every position after the first ``--prompt`` ones. Each (configu
 
 Time: the median of ``--steps`` steps after one warm-up step (trust it on a quiet machine only).
 
+``--chunk-time``: the chunked logit terms alone (task cross-entropy and one KL target, forward and
+backward, from random hidden states ``[batch x tokens, d]`` and a random head), every chunk size
+in turn in one process, ``--steps`` rounds interleaved so that machine load hits every size alike;
+the median per size. The rest of a training step does not depend on the chunk size.
+
     python benchmarks/gpu/logit_memory.py --vocab 151936 --batch 4 --tokens 512 \\
         --configs plain,kl,directional-kl --chunks none,1024
 """
@@ -135,6 +140,38 @@ def child(args) -> dict:
     }
 
 
+def chunk_time(args) -> dict[str, float]:
+    """Median seconds of :func:`chunked_logit_sums` forward + backward per chunk size."""
+    import torch
+
+    from saetools.regularize.penalties import HeadRows, chunked_logit_sums
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    n = args.batch * (args.tokens - args.prompt)
+    head = torch.nn.Linear(args.d_model, args.vocab, bias=False).to(args.device)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    h = torch.randn(n, args.d_model, generator=g).to(args.device)
+    h0 = torch.randn(n, args.d_model, generator=g).to(args.device)
+    labels = torch.randint(0, args.vocab, (n,), generator=g).to(args.device)
+    chunks = [int(c) for c in args.chunks.split(",") if c != "none"]
+    times: dict[int, list[float]] = {c: [] for c in chunks}
+    for r in range(args.steps + 1):
+        for c in chunks:
+            x = h.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            sums = chunked_logit_sums(HeadRows(x, head), [HeadRows(h0, head, True)], labels, c)
+            sums.sum().backward()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if r > 0:
+                times[c].append(time.perf_counter() - t0)
+        if r > 0:
+            print(f"  round {r}: " + ", ".join(f"{c}: {times[c][-1]:.2f}s" for c in chunks))
+    return {str(c): statistics.median(v) for c, v in times.items()}
+
+
 def run_one(args, config: str, chunk: str) -> dict | None:
     cmd = [sys.executable, __file__, "--child", config, "--chunk", chunk]
     for k in ("vocab", "d_model", "layers", "batch", "tokens", "prompt", "steps", "threads"):
@@ -166,11 +203,22 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", default="none,1024", help="logit_chunk values ('none': full)")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--chunk-time", action="store_true", help="time the chunk sizes only")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
+        return 0
+    if args.chunk_time:
+        med = chunk_time(args)
+        best = min(med.values())
+        print(f"\nvocab {args.vocab}, d {args.d_model}, {args.batch} x {args.tokens} tokens")
+        print("| logit_chunk | s (fwd + bwd) | x fastest |\n|---:|---:|---:|")
+        for c, v in med.items():
+            print(f"| {c} | {v:.3f} | {v / best:.2f} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "median_s": med}, indent=2))
         return 0
     rows = []
     for config in args.configs.split(","):
