@@ -145,6 +145,28 @@ def test_bf16_capture_sums_float64_and_steer_match_fp32():
     assert cos > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_capture_accumulates_in_float64_whatever_the_model_dtype(dtype):
+    """The sums over examples (and tokens) are float64 sums of the reduced rows, not float32 or
+    model-dtype sums cast afterwards: they equal the float64 sum of the kept rows to 1e-12, which a
+    float32 accumulation of the same rows misses (checked here, so the test can fail)."""
+    model = new_tiny_model("llama").to(dtype)
+    tok, exs = make_chat_examples_and_tokenizer()
+    for aggregate in ("all", "response_mean"):
+        res = capture(
+            model, tok, exs * 3, [SITES[0]], aggregate=aggregate, batch_size=3,
+            keep_per_example=True, progress=False,
+        )  # fmt: skip
+        site = res.sites[0]
+        rows = res.per_example[site]
+        assert res.sums[site].dtype == torch.float64 and rows.dtype == torch.float32
+        ref = rows.double().sum(0)
+        scale = ref.abs().max()
+        assert (res.sums[site] - ref).abs().max() <= 1e-12 * scale, aggregate
+        if aggregate == "response_mean":
+            assert (rows.sum(0).double() - ref).abs().max() > 1e-9 * scale
+
+
 def make_chat_examples_and_tokenizer():
     return make_tiny_tokenizer(), make_chat_examples()
 

@@ -31,6 +31,10 @@ tok=".dev/gpu/tok"
 timeout 480 python3 benchmarks/gpu/run_all.py ${tok:+--tokenizer "$tok"} \
     --json "$OUT/gpu.json" 2>&1 | tee "$OUT/run_all.log"
 echo "run_all exit: ${PIPESTATUS[0]}" | tee -a "$OUT/run_all.log"
+# torch.compile with the steering hook, 0.5B only (compilation takes minutes at larger shapes)
+timeout 120 python3 benchmarks/gpu/run_all.py ${tok:+--tokenizer "$tok"} --shapes 0.5B \
+    --rows generate --compile --json "$OUT/gpu_compile.json" > "$OUT/compile.log" 2>&1
+echo "compile check exit: $?" | tee -a "$OUT/compile.log"
 if compgen -G "${SAETOOLS_CACHE:-$HOME/.cache/saetools}/wheels/*.gguf" > /dev/null; then
     timeout 240 python3 -m pytest -m cuda -ra -q -s -p no:cacheprovider tests/test_cuda.py \
         2>&1 | tee "$OUT/pytest_cuda.log"
