@@ -52,7 +52,7 @@ def child(args) -> dict:
     from saetools.directions import DirectionSet
 
     ds = DirectionSet({f"blocks.{k}.hook_resid_post": torch.randn(d, generator=g) for k in (9, 15)})
-    terms = {"plain": [], "kl": [KL()], "directional-kl": [DirectionalKL(ds, "all")]}[args.child]
+    terms = {"plain": [], "kl": [KL()], "directional-kl": [DirectionalKL(ds)]}[args.child]
     reg = RegularizedLoss(model, terms)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     times, loss = [], None
