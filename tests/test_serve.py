@@ -408,7 +408,8 @@ def test_engine_rows_leave_and_join_a_running_batch(arch):
         len(set(b) - set(a)) > 0 and len(set(a) & set(b)) > 0
         for a, b in zip(seen, seen[1:], strict=False)
     )
-    assert joined == (arch != "mistral"), (arch, "rows joined a running batch")
+    sliding = arch in ("mistral", "gemma3")  # sliding-window caches run batch after batch
+    assert joined == (not sliding), (arch, "rows joined a running batch")
     assert max(len(s) for s in seen) <= 3
 
 
