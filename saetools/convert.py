@@ -11,8 +11,9 @@ a damaged folder be found and rebuilt.
 Chat templates: a GGUF usually carries its model's template (``tokenizer.chat_template``); a base
 model's has none. ``chat_template=`` bakes one into the folder: the text of a Jinja file, or the
 name of a template shipped with saetools (:data:`SHIPPED_TEMPLATES`, files in
-``saetools/templates/``). Every ``stop_tokens`` entry (e.g. Gemma's ``<end_of_turn>``) is added to
-the generation config's end-of-sequence ids, so generation stops at the end of a turn.
+``saetools/templates/``). Every ``stop_tokens`` entry (e.g. Gemma's ``<end_of_turn>``, added by
+itself with the shipped ``gemma`` template) is added to the generation config's end-of-sequence
+ids, so generation stops at the end of a turn.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ CONVERSION_VERSION = 1
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 # name -> file in saetools/templates/ (see that folder's README for where each comes from)
 SHIPPED_TEMPLATES = {"gemma": "gemma.jinja"}
+# the tokens that end a turn in a shipped template: added to the stop tokens when it is baked in
+TEMPLATE_STOP_TOKENS = {"gemma": ("<end_of_turn>",)}
 
 
 class ModelLoadError(RuntimeError):
@@ -106,6 +109,7 @@ def convert_gguf(
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist")
     template = chat_template_text(chat_template) if chat_template is not None else None
+    stop_tokens = (*stop_tokens, *TEMPLATE_STOP_TOKENS.get(str(chat_template), ()))
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()

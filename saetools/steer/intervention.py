@@ -16,8 +16,8 @@ is in activation units (the norm of the change); ``unit=False`` uses the raw sto
 
 Absolute or norm-relative strength
 ----------------------------------
-Residual norms differ by orders of magnitude between models (about 60-120 in SmolLM2-135M's middle
-blocks, about 13,600 at block 10 of Gemma 3 270M, which scales its embeddings by sqrt(d)), so an
+Residual norms differ by orders of magnitude between models (about 70-150 in SmolLM2-135M's middle
+blocks, about 9,700 at block 10 of Gemma 3 270M, which scales its embeddings by sqrt(d)), so an
 absolute ``alpha`` that steers one model does nothing to another. ``alpha_scale="norm"`` reads
 ``alpha`` as a **fraction of the site's mean residual norm** recorded in the direction file
 (:meth:`~saetools.directions.DirectionSet.resid_norm`): ``alpha 0.1`` adds a unit vector of a tenth
