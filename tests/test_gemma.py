@@ -160,7 +160,9 @@ def test_gemma_serve_steers_like_generate(lm, em):
             messages=[{"role": "user", "content": q}],
             max_tokens=8,
             temperature=0,
-            extra_body={"saetools": {"steer": [{"site": SITE, "alpha": 0.1, "alpha_scale": "norm"}]}},
+            extra_body={
+                "saetools": {"steer": [{"site": SITE, "alpha": 0.1, "alpha_scale": "norm"}]}
+            },
         )
     assert r.choices[0].message.content == want
 

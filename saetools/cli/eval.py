@@ -6,7 +6,13 @@ import argparse
 import os
 import sys
 
-from .common import add_model_options, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    load_model_from_args,
+    nonnegative_float32,
+    seed,
+)
 from .data_options import add_format_options, load_set
 
 
@@ -60,8 +66,8 @@ def register(sub) -> None:
         "else 4)",
     )
     s.add_argument("--max-new-tokens", type=int, default=96)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=nonnegative_float32, default=1.0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--opswap-limit", type=int, default=None, help="score only N opswap items")
     j = p.add_argument_group("judge (any OpenAI-compatible endpoint)")
@@ -105,6 +111,7 @@ def register(sub) -> None:
     _add_data_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_figure_options(p)
     p.set_defaults(func=run_eval)
 
 
@@ -169,6 +176,13 @@ def run_eval(args) -> int:
     )
 
     suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
+    # ... on an alpha out of range, and on a bad direction file (checked against the model later)
+    if args.alpha is not None:
+        from ..steer import parse_site_alphas
+
+        parse_site_alphas(args.alpha)
+    if args.directions:
+        DirectionSet.load(args.directions)
     if args.samples is not None and args.samples < 1:
         raise ValueError("--samples must be >= 1")
     # the data files are read (and checked) before the model is loaded

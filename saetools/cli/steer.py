@@ -7,7 +7,15 @@ import argparse
 import json
 import sys
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+    nonnegative_float32,
+    probability,
+    seed,
+)
 from .data_options import add_format_options, load_set
 
 # Alphas like "-8,-4,0,4,8" start with "-": the parser (cli.common.ArgumentParser) reads an argument
@@ -98,7 +106,8 @@ def _register_steer(sub) -> None:
     p.add_argument(
         "--alpha",
         default="1",
-        help="strength of 'add': a number, or per-site values 'blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4'",
+        help="strength of 'add': a number, or per-site values 'blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4' "
+        "(finite, within float32's range)",
     )
     p.add_argument(
         "--value",
@@ -120,14 +129,18 @@ def _register_steer(sub) -> None:
     )
     p.add_argument("--system", default=None, help="optional system message for every prompt")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per answer")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; > 0 samples")
+    p.add_argument(
+        "--temperature", type=nonnegative_float32, default=0.0, help="0 is greedy; > 0 samples"
+    )
     p.add_argument(
         "--top-p",
-        type=float,
+        type=probability,
         default=None,
-        help="nucleus sampling threshold (with --temperature > 0)",
+        help="nucleus sampling threshold in (0, 1] (with --temperature > 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument(
+        "--seed", type=seed, default=0, help="random seed for sampling (-2**63 .. 2**64-1)"
+    )
     p.add_argument(
         "--batch-size", type=int, default=8, help="prompts per generate call (left-padded)"
     )
@@ -188,14 +201,16 @@ def _register_sweep(sub) -> None:
         help="embed plotly.js in the HTML (works offline) or load it from a CDN (small file)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_figure_options(s)
     s.set_defaults(func=run_sweep)
 
 
 def _load(args):
     from ..directions import DirectionSet
 
+    ds = DirectionSet.load(args.directions)  # a bad file fails before the model loads
     lm = load_model_from_args(args)
-    ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
+    ds.check_model(lm.model, force=args.force)
     return lm, ds
 
 

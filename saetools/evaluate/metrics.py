@@ -2,7 +2,8 @@
 
 * :func:`sample_answers`: the model's own answers to ``em-eval`` questions (:class:`Sample` s, which
   the suites fill with projections and judge scores);
-* :func:`answer_projections`: the mean projection of answers' tokens on a direction at a site;
+* :func:`answer_projections` (from :mod:`saetools.scoring`, re-exported): the mean projection of
+  answers' tokens on a direction at a site;
 * :func:`neutral_perplexity`: perplexity of the shipped ``neutral`` texts;
 * :func:`held_out_loss`: the loss on a narrow set's test split (the labels ``saetools train`` uses);
 * :func:`in_domain_contrast`: ``narrow-medical-bad`` vs ``narrow-medical-good`` on their test twins;
@@ -29,10 +30,9 @@ from tqdm.auto import tqdm
 import probes
 
 from ..capture import ChatExample
-from ..scoring import NEUTRAL_PROMPT, score_answers, task_loss
-from ..sites import n_layers, parse_site
+from ..scoring import NEUTRAL_PROMPT, answer_projections, score_answers, task_loss
 from ..stats import mean_se, t_interval, wilson_interval
-from ..steer import generate, steer
+from ..steer import check_seed, generate, steer
 from ..train import TrainingDataError, eval_batches, load_chat_data
 from .errors import EvaluationError
 
@@ -108,7 +108,7 @@ def sample_answers(
     for it, _ in jobs:
         msgs = [{"role": "system", "content": it.system}] if it.system else []
         prompts.append([*msgs, {"role": "user", "content": it.question}])
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     answers: list[str] = []
     with tqdm(total=len(prompts), desc="sample", unit="answer", disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
@@ -129,39 +129,6 @@ def sample_answers(
         Sample(it.id, it.theme, it.question, j, a, it.system)
         for (it, j), a in zip(jobs, answers, strict=True)
     ]
-
-
-def answer_projections(
-    model: nn.Module,
-    tokenizer,
-    examples: Sequence,
-    site: str,
-    unit: torch.Tensor,
-    interventions: Sequence = (),
-    *,
-    batch_size: int = 16,
-) -> list[float | None]:
-    """Mean projection of each answer's tokens on ``unit`` at ``site`` (read after any steering
-    hook at that site), for :class:`~saetools.capture.ChatExample` s with answers. Examples whose
-    answer is empty get ``None``."""
-    s = parse_site(site, n_layers(model))
-    u = unit.double() / unit.double().norm()
-    keep = [i for i, e in enumerate(examples) if e.response and e.response.strip()]
-    out: list[float | None] = [None] * len(examples)
-    if not keep:
-        return out
-    with steer(model, list(interventions)):
-        r = score_answers(
-            model,
-            tokenizer,
-            [examples[i] for i in keep],
-            batch_size=batch_size,
-            projection_site=s,
-            unit=u.float(),
-        )
-    for j, i in enumerate(keep):
-        out[i] = float(r["proj"][j])
-    return out
 
 
 def neutral_perplexity(

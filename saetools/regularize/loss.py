@@ -214,7 +214,7 @@ class RegularizedLoss:
                 val = kl_term(ref_logits, logits, mask, n)
             elif isinstance(t, SAELatents):
                 s = r.sites[0]
-                t.sae._on(store[s])
+                t.sae.follow(store[s])
                 val, excess = sae_latents_term(t.sae.sae, t.latents, store[s], h0[s], mask, n)
                 logs[f"{t.name}/excess"] = excess
             elif isinstance(t, LDIFS):

@@ -4,7 +4,10 @@
 ``optimizer.pt``, ``rng.safetensors`` and, written last, ``checkpoint-complete.json``; a checkpoint
 is first written to a temporary folder and renamed into place, so a crash never leaves a half
 checkpoint that looks complete. Only the newest checkpoint keeps its optimizer state.
-:func:`check_run_folder` compares ``OUT/run.json`` with the config before anything is trained.
+:func:`check_run_folder` compares ``OUT/run.json`` with the config before anything is trained;
+:func:`write_json_atomic` writes ``run.json`` (and the other JSON files) like the checkpoints, and
+:func:`read_metrics` reads ``metrics.jsonl`` back on resume (skipping a torn last line with a
+warning, refusing a corrupt one elsewhere, naming the file and the line).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -110,6 +114,50 @@ def load_checkpoint(path: Path, model, optimizer, full: bool) -> None:
             torch.cuda.set_rng_state_all(states)
 
 
+def write_json_atomic(path: Path, obj, **dump_kw) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file in the same folder, then
+    ``os.replace``): a crash leaves the old file or the new one, never half of it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, **dump_kw))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A torn last line (a crash while it was written) is skipped
+    with a warning: it lies past the last checkpoint, and resuming drops such lines anyway. Any
+    other unreadable line is an error naming the file and the line."""
+    lines = path.read_text(errors="replace").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    rows = []
+    for k, (i, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            if k == len(numbered) - 1:
+                warnings.warn(
+                    f"{path}, line {i}: skipping a torn last line (not valid JSON: {e}); it was "
+                    "being written when the run stopped, after the last checkpoint",
+                    stacklevel=2,
+                )
+                break
+            raise ValueError(
+                f"{path}, line {i}: not valid JSON ({e}); the metrics file is corrupt. Remove "
+                "the line (or the run folder) to resume"
+            ) from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(
+                f"{path}, line {i}: not a metrics row (a JSON object with an integer 'step'); "
+                "the metrics file is corrupt. Remove the line (or the run folder) to resume"
+            )
+        rows.append(row)
+    return rows
+
+
 def check_run_folder(out: str | os.PathLike, cfg: TrainConfig, resume: bool) -> int:
     """Refuse a folder of another run; returns the step to resume from (0 to start afresh)."""
     out = Path(out)
@@ -120,8 +168,10 @@ def check_run_folder(out: str | os.PathLike, cfg: TrainConfig, resume: bool) -> 
         return 0
     try:
         old = json.loads(run_json.read_text())
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise RunMismatchError(f"{run_json} is not valid JSON ({e})") from None
+    if not isinstance(old, dict):
+        raise RunMismatchError(f"{run_json} is not a JSON object (a run's options)")
     new = cfg.to_json()
     diff = cfg.changed_fields(old)
     if diff:

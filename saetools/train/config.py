@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..regularize import KL, LDIFS, Ablate, DirectionalKL, DirectionalL2, SAELatents, Steer
+from ..steer import check_seed
 from .data import check_fraction
 
 REGULARIZERS = (
@@ -91,6 +92,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, not {v}")
         if self.lam < 0:
             raise ValueError(f"lambda must be >= 0, not {self.lam}")
+        check_seed(self.seed)
         check_fraction(self.interleave)
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")

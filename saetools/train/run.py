@@ -33,7 +33,14 @@ from ..models import load_model
 from ..plots import write_html
 from ..regularize import RegularizedLoss
 from ..scoring import eval_pairs, shift_and_loss
-from .checkpoints import check_run_folder, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    check_run_folder,
+    list_checkpoints,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    write_json_atomic,
+)
 from .config import TrainConfig, build_terms
 from .data import (
     anchor_batches,
@@ -164,18 +171,14 @@ def _resume(run: _Run, start: int) -> None:
     base = json.loads((run.out / "base_eval.json").read_text())
     run.base_contrast = torch.tensor(base["contrast_per_pair"], dtype=torch.float64)
     if run.metrics_path.is_file():
-        for line in run.metrics_path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r["step"] <= start:
-                    run.rows.append(r)
+        run.rows += [r for r in read_metrics(run.metrics_path) if r["step"] <= start]
 
 
 def _start_afresh(run: _Run) -> None:
     """Write ``run.json`` and evaluate the untrained model (step 0, ``base_eval.json``)."""
     if run.metrics_path.exists():
         run.metrics_path.unlink()
-    (run.out / "run.json").write_text(json.dumps(run.cfg.to_json(), indent=2))
+    write_json_atomic(run.out / "run.json", run.cfg.to_json(), indent=2)
     ev0, c0 = shift_and_loss(run.model, run.tokenizer, run.pairs, run.test_batches)
     run.base_contrast = c0
     base_path = run.out / "base_eval.json"
