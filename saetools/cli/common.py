@@ -104,14 +104,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="optional PEFT (LoRA) adapter folder applied on top of --model",
     )
-    g.add_argument(
-        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)"
-    )
+    g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     g.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
-        help="weights and activation dtype (default: float32)",
+        help="weights and activation dtype",
     )
     g.add_argument(
         "--chat-template",
