@@ -95,11 +95,12 @@ def test_gguf_model_path_that_is_missing():
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="needs a CPU-only torch")
-def test_cuda_on_cpu_only_torch_is_a_clear_error(capsys):
+def test_cuda_on_cpu_only_torch_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(DeviceError, match="CPU-only build"):
         load_model("/definitely/not/loaded", device="cuda")  # refused before any loading
-    rc = main(["steer", "--device", "cuda", "--directions", "x", "--site", "blocks.0.hook_resid_post",
-               "--prompt", "hi"])  # fmt: skip
+    # (steer and sweep read --directions first: extract is the command that goes to the model)
+    rc = main(["extract", "--device", "cuda", "--model", "/definitely/not/loaded",
+               "--out", str(tmp_path / "em.safetensors")])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 1 and "CPU-only build" in err and "AssertionError" not in err
 
