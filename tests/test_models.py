@@ -40,52 +40,6 @@ def test_bad_dtype():
         models.parse_dtype("float8")
 
 
-def _fake_gpu(monkeypatch, bf16: bool, count: int = 1) -> None:
-    """Pretend torch sees ``count`` GPUs of compute capability 7.5 (bf16=False) or 9.0."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0) if bf16 else (7, 5))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "H200" if bf16 else "Tesla T4")
-
-
-def test_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path, capsys):
-    """``--device cuda`` on a machine without CUDA: one line naming the problem, at parse time
-    (before any model loads), from the CLI and from load_model; cpu passes."""
-    from saetools.cli import main
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert models.check_device("cpu", "bf16") == torch.device("cpu")
-    for dev in ("cuda", "cuda:1"):
-        with pytest.raises(models.DeviceError, match="was asked, but .*use --device cpu"):
-            models.check_device(dev)
-    with pytest.raises(models.DeviceError, match="was asked"):
-        load_model(str(tmp_path / "never-read"), device="cuda")
-    with pytest.raises(models.DeviceError, match="unknown device 'gpu0'"):
-        models.check_device("gpu0")
-    for argv in (["extract", "--device", "cuda"], ["demo", "--device", "cuda:0"]):
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err
-        assert "argument --device: device 'cuda" in err and "Traceback" not in err, err
-
-
-def test_bf16_on_gpu_without_bf16_is_a_clear_error(monkeypatch, tmp_path):
-    _fake_gpu(monkeypatch, bf16=False, count=2)
-    for dt in ("bf16", "bfloat16", torch.bfloat16):
-        with pytest.raises(models.DeviceError, match=r"'Tesla T4' \(compute capability 7.5\)"):
-            models.check_device("cuda", dt)
-    with pytest.raises(models.DeviceError, match="no native bfloat16"):
-        load_model(str(tmp_path / "never-read"), device="cuda:1", dtype="bf16")
-    assert models.check_device("cuda:1", "float16") == torch.device("cuda", 1)
-    with pytest.raises(models.DeviceError, match=r"'cuda:2' was asked, but only 2 GPU"):
-        models.check_device("cuda:2")
-    _fake_gpu(monkeypatch, bf16=True)
-    assert models.check_device("cuda", "bf16") == torch.device("cuda")
-
-
 def test_missing_wheel_without_network_explains(monkeypatch, tmp_path):
     monkeypatch.setenv("SAETOOLS_CACHE", str(tmp_path))
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)

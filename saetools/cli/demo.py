@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_figure_options, device
+from .common import add_figure_options
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument(
         "--out", default="saetools-demo", help="folder to write into (created if missing)"
     )
-    p.add_argument("--device", default="cpu", type=device, help="torch device")
+    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument(
         "--quick", action="store_true", help="same stages at toy sizes (for smoke tests)"
     )

@@ -163,6 +163,8 @@ class RegularizedLoss:
         self._anchor_it: Iterator | None = None
         self._active = 0
         self._dev_cache: dict = {}
+        # KL_ref of each normalized DirectionalKL term, measured on its first batch (see .terms)
+        self.kl_refs: dict[str, float] = {}
 
     @property
     def model(self) -> nn.Module:
@@ -289,19 +291,19 @@ class RegularizedLoss:
         rng,
         out_terms: dict[str, torch.Tensor | None],
         logs: dict[str, torch.Tensor],
-    ) -> list[tuple[str, torch.Tensor | HeadRows]]:
+    ) -> list[tuple[str, torch.Tensor | HeadRows, float | None]]:
         """Each activation term of ``group`` into ``out_terms`` (and its extra logs into ``logs``),
         from θ's activations ``store`` and one θ0 pass on the same ``inputs``. The logit terms
         (:class:`KL`, :class:`DirectionalKL`) get a placeholder, and their targets are returned,
         to be computed with θ's logits by :meth:`_logit_terms`."""
         h0, ref_logits = self._reference_pass(group, inputs, mask)
         n = int(mask.sum())
-        targets: list[tuple[str, torch.Tensor | HeadRows]] = []
+        targets: list[tuple[str, torch.Tensor | HeadRows, float | None]] = []
         for r in group.terms:
             t = r.term
             val = None
             if isinstance(t, KL):
-                targets.append((t.name, ref_logits))
+                targets.append((t.name, ref_logits, None))
             elif isinstance(t, SAELatents):
                 s = r.sites[0]
                 t.sae.follow(store[s])
@@ -313,27 +315,63 @@ class RegularizedLoss:
                 deltas = site_shifts(store, h0, r.sites, r.bases, mask, self._on)
                 logs[f"{t.name}/shift"] = mean_shift(deltas, n)
                 if isinstance(t, DirectionalL2):
+                    if r.units:  # normalized: shifts in units of ε x the site's residual norm
+                        deltas = [d / r.units[s] for d, s in zip(deltas, r.sites, strict=True)]
                     val = directional_l2_term(deltas, t.one_sided, n)
                 else:
-                    targets.append((t.name, self._counterfactual(r, t, inputs, h0, rng, mask)))
+                    cf = self._counterfactual(r, t, inputs, h0, rng, mask)
+                    # normalized: in units of KL_ref (see .terms), divided in _logit_terms
+                    ref_kl = self._kl_ref(r, inputs, mask, n) if r.units else None
+                    targets.append((t.name, cf, ref_kl))
             if val is not None and not isinstance(val, torch.Tensor):
                 val = mask.new_zeros((), dtype=torch.float32)
             out_terms[t.name] = val  # None: a logit term, filled in by _logit_terms
         return targets
 
-    def _logit_terms(self, theta, targets, mask, labels, n: int, out_terms) -> torch.Tensor | None:
+    def _logit_terms(
+        self, theta, targets, mask, labels, n: int, out_terms, logs
+    ) -> torch.Tensor | None:
         """The task cross-entropy (when ``labels`` are given; returned) and each logit term's
-        ``KL(target ‖ p)`` (into ``out_terms``): from full logits, or chunked from rows."""
+        ``KL(target ‖ p)`` (into ``out_terms``; a normalized one divided by its ``KL_ref``, the raw
+        value logged): from full logits, or chunked from rows."""
         if isinstance(theta, HeadRows):
-            sums = chunked_logit_sums(theta, [x for _, x in targets], labels, self.logit_chunk)
+            sums = chunked_logit_sums(theta, [x for _, x, _ in targets], labels, self.logit_chunk)
             vals = list(sums / max(n, 1))
             task = vals.pop(0) if labels is not None else None
         else:
             task = cross_entropy(theta, mask, labels, n) if labels is not None else None
-            vals = [kl_term(x, theta, mask, n) for _, x in targets]
-        for (name, _), v in zip(targets, vals, strict=True):
+            vals = [kl_term(x, theta, mask, n) for _, x, _ in targets]
+        for (name, _, ref_kl), v in zip(targets, vals, strict=True):
+            if ref_kl is not None:
+                logs[f"{name}/raw"] = v.detach()
+                v = v / ref_kl
             out_terms[name] = v
         return task
+
+    def _kl_ref(self, r, inputs, mask: torch.Tensor, n: int) -> float:
+        """``KL_ref`` of a normalized :class:`DirectionalKL`: the KL between θ0 and θ0 shifted by
+        ``ε·n_s`` along the direction at every site of the term, on the first batch it sees
+        (measured once, then kept: :attr:`kl_refs`)."""
+        name = r.term.name
+        if name in self.kl_refs:
+            return self.kl_refs[name]
+        ref = self.reference if self.reference is not None else self.inner
+        adapters = self.inner if self.use_adapter_toggle else None
+
+        def shift(site):
+            return lambda h: add_op(h, self._on(r.bases[site][0], h), r.units[site])
+
+        with hooks(ref, [(s, shift(s)) for s in r.sites]):
+            _, shifted = reference_pass(ref, inputs, [], need_logits=True, adapters_of=adapters)
+        _, plain = reference_pass(ref, inputs, [], need_logits=True, adapters_of=adapters)
+        kl = float(kl_term(shifted, plain, mask, n))
+        if not (kl > 0 and kl < float("inf")):
+            raise ValueError(
+                f"DirectionalKL {name!r}: normalize=True measured a reference KL of {kl} (a shift of "
+                "1% of the residual norm changes nothing?); use normalize=False"
+            )
+        self.kl_refs[name] = kl
+        return kl
 
     def _next_anchor(self):
         if self._anchor_src is None:
@@ -403,7 +441,7 @@ class RegularizedLoss:
             if bgroup.terms:
                 targets = self._group_terms(bgroup, inputs, store, mask, rng, out_terms, logs)
             del store
-            task = self._logit_terms(theta, targets, mask, labels, n, out_terms)
+            task = self._logit_terms(theta, targets, mask, labels, n, out_terms, logs)
             if agroup.terms:
                 a_rng = rng_state(accelerator_devices(self.inner))
                 a_tap = self._tap(self.inner)
@@ -418,7 +456,9 @@ class RegularizedLoss:
                     agroup, a_inputs, a_store, a_mask, a_rng, out_terms, logs
                 )
                 del a_store
-                self._logit_terms(a_theta, a_targets, a_mask, None, int(a_mask.sum()), out_terms)
+                self._logit_terms(
+                    a_theta, a_targets, a_mask, None, int(a_mask.sum()), out_terms, logs
+                )
         out = self._output(task, out_terms, logs, n)
         out.mask, out.labels = mask, labels
         if tap is None:
