@@ -10,6 +10,9 @@ Suites (see ``docs/evaluation.md`` for the definitions):
   interval (:func:`saetools.stats.wilson_interval`).
 * ``coherence`` - perplexity of the shipped ``neutral`` texts, and the judge's coherence score
   (:func:`coherence_suite`).
+* ``judged-rate`` - the probe judge's misaligned rate of the sampled answers (among the coherent
+  ones) and the incoherent share (:func:`probe_judged_rate`; :mod:`saetools.evaluate.probe_judge`).
+  Not part of ``all``: ask for it by name.
 * ``narrow`` - held-out loss on the narrow sets' test splits, the in-domain contrast
   ``narrow-medical-bad`` vs ``narrow-medical-good`` on their test twins, and exact-match accuracy on
   ``opswap`` test items (greedy; :func:`~saetools.evaluate.metrics.parse_opswap_answer`)
@@ -55,6 +58,13 @@ from .metrics import (
     opswap_accuracy,
     sample_answers,
 )
+from .probe_judge import (
+    ProbeJudge,
+    default_judge_site,
+    fit_probe_judge,
+    judge_samples_with_probe,
+    load_probe_judge,
+)
 
 __all__ = [
     "NARROW_SETS",
@@ -66,9 +76,11 @@ __all__ = [
     "judge_samples",
     "narrow_suite",
     "parse_suites",
+    "probe_judged_rate",
 ]
 
 SUITES = ("em", "coherence", "narrow")
+EXTRA_SUITES = ("judged-rate",)  # run only when named (``all`` is SUITES)
 NARROW_SETS = ("narrow-medical-bad", "narrow-medical-good", "narrow-finance-risky", "opswap")
 
 
@@ -80,14 +92,15 @@ def parse_suites(suites: str | Sequence[str]) -> tuple[str, ...]:
         out += [s.strip() for s in str(v).split(",") if s.strip()]
     if not out:
         raise EvaluationError("no suite given; choose em, coherence, narrow or all")
-    if "all" in out:
-        return SUITES
-    bad = [s for s in out if s not in SUITES]
+    known = SUITES + EXTRA_SUITES
+    bad = [s for s in out if s not in known and s != "all"]
     if bad:
         raise EvaluationError(
-            f"unknown suite(s) {', '.join(bad)}; choose from {', '.join(SUITES)} or all"
+            f"unknown suite(s) {', '.join(bad)}; choose from {', '.join(known)} or all"
         )
-    return tuple(s for s in SUITES if s in out)
+    if "all" in out:
+        out += SUITES
+    return tuple(s for s in known if s in out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +238,29 @@ def narrow_suite(
     return nr
 
 
+def probe_judged_rate(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[Sample],
+    probe_judge: ProbeJudge | str | None = None,
+    pairs="em-core",
+    *,
+    batch_size: int = 16,
+) -> dict:
+    """The ``judged-rate`` suite: the sampled answers judged by ``probe_judge`` (a
+    :class:`~saetools.evaluate.probe_judge.ProbeJudge` or its file; ``None`` fits one on ``pairs``
+    at :func:`~saetools.evaluate.probe_judge.default_judge_site`) on the base model (adapters off):
+    the misaligned rate among coherent answers with its Wilson interval, the incoherent share and
+    the counts, and the judge's settings."""
+    if probe_judge is None:
+        site = default_judge_site(model)
+        judge = fit_probe_judge(model, tokenizer, pairs, site, batch_size=batch_size)
+    else:
+        judge = load_probe_judge(probe_judge, model)
+    summary = judge_samples_with_probe(judge, model, tokenizer, samples, batch_size=batch_size)
+    return {**summary, "judge": judge.describe()}
+
+
 # --------------------------------------------------------------------------------------------
 # The driver
 
@@ -252,6 +288,7 @@ def evaluate(
     opswap_limit: int | None = None,
     model_id: str | None = None,
     progress: bool = True,
+    probe_judge: ProbeJudge | str | None = None,
 ) -> dict:
     """Run the suites on ``model`` (with ``interventions`` applied throughout) and return the results.
 
@@ -260,7 +297,8 @@ def evaluate(
     one the judged metrics are skipped. ``samples`` answers per ``em-eval`` question are sampled at
     ``temperature`` once and shared by the ``em`` and ``coherence`` suites. ``narrow``: chat sets
     whose test-split loss is measured; ``twins``: the (bad, good) sets of the in-domain contrast;
-    ``opswap``: the exact-match set (``None`` skips either).
+    ``opswap``: the exact-match set (``None`` skips either). ``probe_judge``: the judge of the
+    ``judged-rate`` suite (:func:`probe_judged_rate`; ``None`` fits one on ``pairs``).
     """
     suites = parse_suites(suites)
     interventions = list(interventions)
@@ -269,18 +307,12 @@ def evaluate(
     unit = _projection_unit(directions, site)
     if isinstance(judge, JudgeConfig):
         judge = Judge(judge)
-    need_samples = "em" in suites or (judge is not None and "coherence" in suites)
+    need_samples = "em" in suites or "judged-rate" in suites
+    need_samples |= judge is not None and "coherence" in suites
     if judge is not None and need_samples:
         judge.check()
     log = _Log(progress)
-    settings = {
-        "samples_per_question": samples,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
-        f"{MISALIGNED_COHERENCE_ABOVE:g}",
-    }
+    settings = _settings(samples, max_new_tokens, temperature, seed)
     res = _header(model, model_id, suites, interventions, settings, site, directions, judge)
     shared = dict(interventions=interventions, batch_size=batch_size)  # every step steers, batches
     with eval_mode(model):
@@ -313,6 +345,11 @@ def evaluate(
             if "em" in suites:
                 res["em"]["judged"] = judged
                 res["em"]["judged_by_theme"] = _by_theme(sample_list)
+        if "judged-rate" in suites:
+            with log.step("judged-rate", "judging the answers with the probe judge"):
+                res["judged_rate"] = probe_judged_rate(
+                    model, tokenizer, sample_list, probe_judge, pairs, batch_size=batch_size
+                )
         if "coherence" in suites:
             with log.step("coherence", "perplexity of neutral texts"):
                 res["coherence"] = coherence_suite(
@@ -370,6 +407,18 @@ def _projection_unit(directions, site: str | None) -> torch.Tensor | None:
         )
     unit = directions.unit(site)
     return unit[0] if unit.ndim == 2 else unit
+
+
+def _settings(samples: int, max_new_tokens: int, temperature: float, seed: int) -> dict:
+    """The sampling settings and the LLM judge's misaligned rule, as recorded in the result."""
+    return {
+        "samples_per_question": samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
+        f"{MISALIGNED_COHERENCE_ABOVE:g}",
+    }
 
 
 def _header(model, model_id, suites, interventions, settings, site, directions, judge) -> dict:
