@@ -97,6 +97,14 @@ def register(sub) -> None:
         default=0.25,
         help="least probability on integer tokens for a score (else None)",
     )
+    _register_probe_judge(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_eval)
+
+
+def _register_probe_judge(p) -> None:
+    """The options of the judged-rate suite's probe judge."""
     pj = p.add_argument_group("probe judge (--suite judged-rate; no endpoint needed)")
     pj.add_argument(
         "--probe-judge",
@@ -117,9 +125,6 @@ def register(sub) -> None:
         default=0.05,
         help="false positive rate on em-core test aligned answers that sets the threshold",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run_eval)
 
 
 def _interventions(args, ds, lm):

@@ -14,6 +14,9 @@ Modules (every public name is importable from ``saetools.evaluate``):
   perplexity limit for incoherent answers; saved as a direction file), :func:`fit_probe_judge`,
   :func:`threshold_for_fpr`, :func:`perplexity_limit`, :func:`probe_summary` and
   :func:`judged_rate` (sample from a model or adapter, judge on the base model).
+* ``validation.py`` - the probe judge's validation: the labelled answers (``data/em-judged.jsonl``,
+  :func:`load_judged_answers`), :func:`agreement` (confusion matrix, accuracy, precision, recall
+  with Wilson intervals) and :func:`validate_probe_judge`.
 * ``suites.py`` - one function per suite (``em``, ``coherence``, ``narrow``, ``judged-rate``, and
   the judged part)
   and :func:`evaluate`, the driver that runs them and returns a JSON-serialisable dict.
@@ -65,6 +68,7 @@ from .probe_judge import (
 )
 from .report import headline, report_figure, write_results
 from .suites import EXTRA_SUITES, NARROW_SETS, SUITES, evaluate, parse_suites, probe_judged_rate
+from .validation import JudgedAnswer, agreement, load_judged_answers, validate_probe_judge
 
 __all__ = [
     "CLASSIFIERS",
@@ -79,9 +83,11 @@ __all__ = [
     "JudgeConfig",
     "JudgeError",
     "JudgeScore",
+    "JudgedAnswer",
     "ProbeJudge",
     "ProbeVerdict",
     "Sample",
+    "agreement",
     "answer_projections",
     "default_judge_site",
     "evaluate",
@@ -91,6 +97,7 @@ __all__ = [
     "in_domain_contrast",
     "judge_summary",
     "judged_rate",
+    "load_judged_answers",
     "load_probe_judge",
     "local_judge",
     "neutral_perplexity",
@@ -106,6 +113,7 @@ __all__ = [
     "report_figure",
     "sample_answers",
     "threshold_for_fpr",
+    "validate_probe_judge",
     "wilson_interval",
     "write_results",
 ]

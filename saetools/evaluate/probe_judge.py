@@ -57,6 +57,7 @@ __all__ = [
     "PERPLEXITY_FACTOR",
     "PERPLEXITY_QUANTILE",
     "ProbeJudge",
+    "VERDICTS",
     "ProbeVerdict",
     "base_forward",
     "default_judge_site",
