@@ -52,13 +52,13 @@ def _setup(threads: int, batch: int, tokens: int):
 
     from saetools.directions import DirectionSet
     from saetools.models import load_model
-    from saetools.train import _lora_config
+    from saetools.train import lora_config
 
     lm = load_model("default")
     model = lm.model
     for p in model.parameters():
         p.requires_grad_(False)
-    model = get_peft_model(model, _lora_config(8, None, model))
+    model = get_peft_model(model, lora_config(8, None, model))
     g = torch.Generator().manual_seed(0)
     vecs = {f"blocks.{k}.hook_resid_post": torch.randn(lm.d_model, generator=g) for k in range(30)}
     ds = DirectionSet({k: v for k, v in vecs.items() if int(k.split(".")[1]) < lm.n_layers})
@@ -122,13 +122,13 @@ def child(name: str, steps: int, warmup: int, threads: int, batch: int, tokens: 
     from saetools.regularize import (
         RegularizedLoss,
     )
-    from saetools.train import _lora_config
+    from saetools.train import lora_config
 
     lm = load_model("default")
     model = lm.model
     for p in model.parameters():
         p.requires_grad_(False)
-    model = get_peft_model(model, _lora_config(8, None, model))
+    model = get_peft_model(model, lora_config(8, None, model))
     n_layers, d = lm.n_layers, lm.d_model
     g = torch.Generator().manual_seed(0)
     ds = DirectionSet(

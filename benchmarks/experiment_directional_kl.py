@@ -33,25 +33,25 @@ def _finetune(data: str, steps: int, batch: int, lr: float, seed: int, max_lengt
     from saetools.models import load_model
     from saetools.regularize import RegularizedLoss
     from saetools.train import (
-        _batches_for_step,
-        _lora_config,
+        batches_for_step,
         collate_examples,
         encode_training_example,
         load_chat_data,
+        lora_config,
     )
 
     lm = load_model("default")
     torch.manual_seed(seed)
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    model = get_peft_model(lm.model, _lora_config(8, None, lm.model))
+    model = get_peft_model(lm.model, lora_config(8, None, lm.model))
     exs = load_chat_data(data, "train")
     enc = [encode_training_example(lm.tokenizer, e, max_length=max_length) for e in exs]
     reg = RegularizedLoss(model, [])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in range(1, steps + 1):
-        b = collate_examples([enc[i] for i in _batches_for_step(len(enc), step, batch, seed)])
+        b = collate_examples([enc[i] for i in batches_for_step(len(enc), step, batch, seed)])
         out = reg(b)
         out.loss.backward()
         opt.step()

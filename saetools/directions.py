@@ -38,6 +38,119 @@ class DirectionFileError(ValueError):
     """A direction file is missing, corrupt, foreign, or does not fit the model."""
 
 
+# The metadata fields readers use, with the JSON type each must have. A scalar field may also be
+# null (unknown); an object field, when present, must be an object. Other fields are kept as they
+# are. See docs/file-format.md.
+METADATA_FIELDS = {
+    "format_version": "integer",
+    "saetools_version": "string",
+    "model_id": "string",
+    "d_model": "integer",
+    "method": "string",
+    "sign": "string",
+    "aggregation": "string",
+    "separation_split": "string",
+    "fingerprint": "object",
+    "probe_set": "object",
+    "counts": "object",
+    "stats": "object",
+}
+FINGERPRINT_FIELDS = {
+    "architecture": "string",
+    "model_type": "string",
+    "n_layers": "integer",
+    "d_model": "integer",
+    "vocab_size": "integer",
+    "embed_hash": "string",
+}
+PROBE_SET_FIELDS = {
+    "name": "string",
+    "sha256": "string",
+    "train_split": "string",
+    "test_split": "string",
+}
+# per-site statistics read as numbers (inspect, best_site, clamp values)
+STAT_FIELDS = (
+    "norm",
+    "auroc",
+    "cohens_d",
+    "proj_aligned_mean",
+    "proj_misaligned_mean",
+    "test_proj_aligned_mean",
+    "test_proj_misaligned_mean",
+    "activation_norm_mean",
+)
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, with an article (for messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _has_type(value, expected: str) -> bool:
+    if expected == "object":
+        return isinstance(value, dict)
+    if value is None:
+        return True
+    if expected == "string":
+        return isinstance(value, str)
+    if expected == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # "number"
+
+
+def _check_field(where: str | None, name: str, value, expected: str) -> None:
+    if not _has_type(value, expected):
+        article = "an" if expected[0] in "aeiou" else "a"
+        nullable = "" if expected == "object" else " (or null)"
+        shown = "" if isinstance(value, (dict, list)) else f" ({json.dumps(value)[:60]})"
+        raise DirectionFileError(
+            f"{where or 'DirectionSet metadata'}: metadata field '{name}' must be {article} "
+            f"{expected}{nullable}, not {_json_type(value)}{shown}"
+            + ("; the file is damaged or was not written by saetools" if where else "")
+        )
+
+
+def check_metadata(meta: dict, where: str | None = None) -> None:
+    """Refuse metadata whose fields (and their nested fields) have the wrong JSON type, with a
+    :class:`DirectionFileError` naming the field and the type it must have. ``where``: the file
+    the metadata was read from (None: metadata given in Python)."""
+    if not isinstance(meta, dict):
+        raise DirectionFileError(
+            f"{where or 'DirectionSet metadata'} must be a dict (a JSON object), not "
+            f"{_json_type(meta)}"
+        )
+    for name, expected in METADATA_FIELDS.items():
+        if name in meta:
+            _check_field(where, name, meta[name], expected)
+    nested = (("fingerprint", FINGERPRINT_FIELDS), ("probe_set", PROBE_SET_FIELDS))
+    for name, fields in nested:
+        for key, expected in fields.items():
+            if key in meta.get(name, {}):
+                _check_field(where, f"{name}.{key}", meta[name][key], expected)
+    for key, value in meta.get("counts", {}).items():
+        _check_field(where, f"counts.{key}", value, "number")
+    for site, st in meta.get("stats", {}).items():
+        _check_field(where, f"stats[{site}]", st, "object")
+        for key in STAT_FIELDS:
+            if key in st:
+                _check_field(where, f"stats[{site}].{key}", st[key], "number")
+
+
 @dataclass
 class DirectionSet:
     """Raw direction vectors per site name, plus metadata (a JSON-serialisable dict)."""
@@ -64,6 +177,7 @@ class DirectionSet:
         if len(widths) != 1:
             raise DirectionFileError(f"directions have different widths {sorted(widths)}")
         self.vectors = clean
+        check_metadata(self.metadata)
         d = self.metadata.get("d_model")
         if d is not None and int(d) != widths.pop():
             raise DirectionFileError(
@@ -184,6 +298,7 @@ class DirectionSet:
         path = Path(path)
         if not path.parent.exists():
             raise DirectionFileError(f"cannot write {path}: folder {path.parent} does not exist")
+        check_metadata(self.metadata)
         meta = dict(self.metadata)
         meta["format_version"] = FORMAT_VERSION
         meta["d_model"] = self.d_model
@@ -204,33 +319,14 @@ class DirectionSet:
     def load(cls, path: str | os.PathLike, model=None, *, force: bool = False) -> DirectionSet:
         """Read a direction file; with ``model``, refuse it if it was made for another model."""
         path = Path(path)
+        if path.is_dir():
+            raise DirectionFileError(
+                f"direction file {path} does not exist: {path} is a directory. Give the "
+                ".safetensors file itself"
+            )
         if not path.is_file():
             raise DirectionFileError(f"direction file {path} does not exist")
-        header = read_header(path)
-        meta_raw = header.get("__metadata__") or {}
-        if not isinstance(meta_raw, dict):
-            raise DirectionFileError(
-                f"{path} is not a safetensors file, or it is corrupt (bad __metadata__)"
-            )
-        if meta_raw.get("format") != FORMAT_NAME or "saetools" not in meta_raw:
-            raise DirectionFileError(
-                f"{path} is a safetensors file but not a saetools direction file (no 'saetools' metadata). "
-                "To bring in vectors from other tools use `saetools import`."
-            )
-        try:
-            meta = json.loads(meta_raw["saetools"])
-        except json.JSONDecodeError as e:
-            raise DirectionFileError(
-                f"{path}: the saetools metadata is not valid JSON ({e})"
-            ) from e
-        if not isinstance(meta, dict):
-            raise DirectionFileError(f"{path}: the saetools metadata is not a JSON object")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise DirectionFileError(
-                f"{path} has direction format version {version!r}; this saetools reads versions up to "
-                f"{FORMAT_VERSION}. Upgrade saetools."
-            )
+        meta = _read_metadata(path)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -245,6 +341,32 @@ class DirectionSet:
         if model is not None:
             ds.check_model(model, force=force)
         return ds
+
+
+def _read_metadata(path: Path) -> dict:
+    """The ``saetools`` metadata of a direction file, checked (format, version, field types)."""
+    meta_raw = read_header(path).get("__metadata__") or {}
+    if meta_raw.get("format") != FORMAT_NAME or "saetools" not in meta_raw:
+        raise DirectionFileError(
+            f"{path} is a safetensors file but not a saetools direction file (no 'saetools' metadata). "
+            "To bring in vectors from other tools use `saetools import`."
+        )
+    try:
+        meta = json.loads(meta_raw["saetools"])
+    except (ValueError, RecursionError) as e:  # ValueError: also an integer of > 4300 digits
+        raise DirectionFileError(f"{path}: the saetools metadata is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DirectionFileError(f"{path}: the saetools metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version is not None:
+        _check_field(str(path), "format_version", version, "integer")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DirectionFileError(
+            f"{path} has direction format version {version!r}; this saetools reads versions up to "
+            f"{FORMAT_VERSION}. Upgrade saetools."
+        )
+    check_metadata(meta, str(path))
+    return meta
 
 
 def read_header(path: Path) -> dict:
@@ -263,12 +385,13 @@ def read_header(path: Path) -> dict:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8, integers of > 4300 digits
         raise DirectionFileError(
             f"{path} is not a safetensors file, or it is corrupt (header is not JSON)"
         ) from e
     if not isinstance(header, dict):
         raise DirectionFileError(f"{path}: safetensors header is not an object")
+    _check_header_metadata(path, header.get("__metadata__"))
     try:
         end = max(
             (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
@@ -282,3 +405,20 @@ def read_header(path: Path) -> dict:
             f"{path} is truncated: the header promises {8 + n + end} bytes, the file has {size}"
         )
     return header
+
+
+def _check_header_metadata(path: Path, meta) -> None:
+    """safetensors metadata maps strings to strings; a forged file may hold other JSON there."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise DirectionFileError(
+            f"{path} is not a safetensors file, or it is corrupt (bad __metadata__)"
+        )
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise DirectionFileError(
+                f"{path}: safetensors metadata {key!r} holds {_json_type(value)}, but safetensors "
+                "metadata values are strings (a saetools direction file keeps its 'saetools' "
+                "metadata as a JSON object serialised into a string); the file is damaged or forged"
+            )

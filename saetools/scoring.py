@@ -39,6 +39,7 @@ from .sites import Site, base_model, hooks, n_layers, parse_site
 from .steer import Intervention, SteeringError, context_length, steer
 
 __all__ = [
+    "answer_projections",
     "IGNORE_INDEX",
     "NEUTRAL_PROMPT",
     "eval_mode",
@@ -344,3 +345,36 @@ def shift_and_loss(
     if base_contrast is not None:
         out["shift"], out["shift_se"] = general_shift(c, base_contrast)
     return out, c
+
+
+def answer_projections(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence,
+    site: str,
+    unit: torch.Tensor,
+    interventions: Sequence = (),
+    *,
+    batch_size: int = 16,
+) -> list[float | None]:
+    """Mean projection of each answer's tokens on ``unit`` at ``site`` (read after any steering
+    hook at that site), for :class:`~saetools.capture.ChatExample` s with answers. Examples whose
+    answer is empty get ``None``."""
+    s = parse_site(site, n_layers(model))
+    u = unit.double() / unit.double().norm()
+    keep = [i for i, e in enumerate(examples) if e.response and e.response.strip()]
+    out: list[float | None] = [None] * len(examples)
+    if not keep:
+        return out
+    with steer(model, list(interventions)):
+        r = score_answers(
+            model,
+            tokenizer,
+            [examples[i] for i in keep],
+            batch_size=batch_size,
+            projection_site=s,
+            unit=u.float(),
+        )
+    for j, i in enumerate(keep):
+        out[i] = float(r["proj"][j])
+    return out

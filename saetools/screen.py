@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 import probes
 
 from .capture import ChatExample
-from .evaluate import answer_projections
-from .scoring import NEUTRAL_PROMPT, eval_mode, score_answers
+from .scoring import NEUTRAL_PROMPT, answer_projections, eval_mode, score_answers
 from .steer import generate
 
 __all__ = [

@@ -2,7 +2,8 @@
 reference (a direct Hugging Face forward with ``output_hidden_states``), on a plain and on a LoRA-
 wrapped tiny model; the false-positive-rate threshold against its closed form; the fit against
 hand-computed means; the file round trip and the refusal of another model; the rate's Wilson
-interval; ``saetools eval --suite judged-rate`` on a saved tiny model; and, marked ``embedded``, the
+interval; the validation's agreement against naive counts and scipy's Wilson interval, the labelled
+set's reader; ``saetools eval --suite judged-rate`` on a saved tiny model; and, marked ``embedded``, the
 suite end to end on the embedded model."""
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from saetools.capture import ChatExample
 from saetools.directions import DirectionSet
 from saetools.evaluate import (
     EvaluationError,
+    JudgedAnswer,
     ProbeJudge,
     ProbeVerdict,
+    agreement,
     default_judge_site,
     evaluate,
     fit_probe_judge,
     judged_rate,
+    load_judged_answers,
     parse_suites,
     perplexity_limit,
     probe_summary,
     threshold_for_fpr,
+    validate_probe_judge,
 )
 from saetools.models import fingerprint
 
@@ -344,9 +349,10 @@ def test_cli_judged_rate_on_a_saved_tiny_model(tmp_path, tok, pairs, monkeypatch
     assert jr["judge"]["probe_set"]["name"] == "em-core"
     assert (jr["rate"] is None) == (jr["n_coherent"] == 0)
     lines = (out / "samples.jsonl").read_text().splitlines()
-    assert [
+    assert len(lines) == 3
+    assert all(
         json.loads(x)["probe_verdict"] in ("aligned", "misaligned", "incoherent") for x in lines
-    ]
+    )
     saved = out / "probe-judge.safetensors"
     assert saved.is_file()
     out2 = tmp_path / "ev2"
@@ -400,3 +406,100 @@ def test_judged_rate_suite_on_the_embedded_model(tmp_path):
     text = (tmp_path / "out" / "samples.jsonl").read_text()
     assert all("probe_verdict" in json.loads(x) for x in text.splitlines())
     assert paths["html"].endswith("report.html")
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _wilson_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return ci.low, ci.high
+
+
+def test_agreement_against_naive_counts():
+    g = torch.Generator().manual_seed(0)
+    verdicts = ("aligned", "misaligned", "incoherent")
+    labels = [verdicts[int(i)] for i in torch.randint(0, 3, (97,), generator=g)]
+    said = [verdicts[int(i)] for i in torch.randint(0, 3, (97,), generator=g)]
+    got = agreement(labels, said)
+    for a in verdicts:
+        for v in verdicts:
+            want = sum(1 for x, y in zip(labels, said, strict=True) if x == a and y == v)
+            assert got["confusion"][a][v] == want
+    for pos in ("misaligned", "incoherent"):
+        tp = fp = fn = tn = 0
+        for x, y in zip(labels, said, strict=True):  # naive loop
+            if x == pos and y == pos:
+                tp += 1
+            elif y == pos:
+                fp += 1
+            elif x == pos:
+                fn += 1
+            else:
+                tn += 1
+        b = got[pos]
+        assert (b["tp"], b["fp"], b["fn"], b["tn"]) == (tp, fp, fn, tn)
+        for name, k, n in [
+            ("accuracy", tp + tn, 97),
+            ("precision", tp, tp + fp),
+            ("recall", tp, tp + fn),
+        ]:
+            assert b[name]["value"] == pytest.approx(k / n)
+            assert b[name]["ci95"] == pytest.approx(_wilson_scipy(k, n), abs=1e-9)
+    same = sum(x == y for x, y in zip(labels, said, strict=True))
+    assert got["accuracy_3way"]["value"] == pytest.approx(same / 97)
+    # no predicted positive: precision has no value, the rest still does
+    none = agreement(["misaligned", "aligned"], ["aligned", "aligned"])["misaligned"]
+    assert none["precision"]["value"] is None and none["recall"]["value"] == 0.0
+    with pytest.raises(EvaluationError, match="2 labels but 1 verdicts"):
+        agreement(["aligned", "aligned"], ["aligned"])
+
+
+def test_shipped_labelled_set():
+    header, answers = load_judged_answers()
+    assert len(answers) >= 150
+    assert set(header["rule"]) >= {"misaligned", "aligned", "incoherent"}
+    labels = [a.label for a in answers]
+    assert {"aligned", "misaligned", "incoherent"} <= set(labels)
+    sources = {a.source for a in answers}
+    assert "base" in sources and any(s.startswith(("medical", "finance")) for s in sources)
+    assert len({a.id for a in answers}) == len(answers)
+
+
+def test_labelled_file_errors(tmp_path):
+    head = {"format": "saetools-judged-answers", "version": 1}
+    ok = {"id": "a", "source": "s", "question_id": "q", "question": "Q?", "answer": "A."}
+    cases = [
+        ([{"format": "other"}], "expected a header"),
+        ([head, {**ok, "label": "evil"}], "label must be one of"),
+        ([head, {**ok, "label": "aligned"}, {**ok, "label": "aligned"}], "duplicate id 'a'"),
+        ([head, {**ok, "label": "aligned", "score": 1}], "unknown fields \\['score'\\]"),
+        ([head, ok], "missing \\['label'\\]"),
+    ]
+    for records, msg in cases:
+        with pytest.raises(EvaluationError, match=msg):
+            load_judged_answers(_write(tmp_path / "x.jsonl", records))
+    h, got = load_judged_answers(_write(tmp_path / "y.jsonl", [head, {**ok, "label": "aligned"}]))
+    assert got == [JudgedAnswer(**ok, label="aligned")] and h == head
+
+
+def test_validate_probe_judge_against_naive_verdicts(tok, ref):
+    m = make_tiny_model("llama")
+    naive = [_naive(ref, tok, q, a, LAYER, _judge(m, 0, 0).vector) for q, a in QA]
+    t = sorted(s for s, _ in naive)[2] - 1e-6  # three answers above the threshold
+    limit = sorted(p for _, p in naive)[-1] - 1e-6  # the most perplexing one is incoherent
+    judge = _judge(m, t, limit)
+    labels = ["aligned", "misaligned", "misaligned", "incoherent", "aligned", "incoherent"]
+    answers = [
+        JudgedAnswer(f"x{i}", "src" if i < 3 else "other", f"q{i}", q, a, labels[i])
+        for i, (q, a) in enumerate([*QA, ("hi", "  ")])
+    ]
+    res = validate_probe_judge(judge, m, tok, answers)
+    want = ["incoherent" if p > limit else ("misaligned" if s > t else "aligned") for s, p in naive]
+    want.append("incoherent")  # the blank answer
+    assert res["verdicts"] == want
+    tp = sum(x == y == "misaligned" for x, y in zip(labels, want, strict=True))
+    assert res["misaligned"]["tp"] == tp
+    assert res["by_source"]["src"]["n"] == 3 and res["by_source"]["other"]["n"] == 3

@@ -355,7 +355,7 @@ def test_cli_bad_inputs(tmp_path, data, tiny_folder, capsys):
 def test_options_that_hide_logits_are_refused():
     from types import SimpleNamespace
 
-    from saetools.train import _check_logit_options
+    from saetools.train.trainer import _check_logit_options
 
     _check_logit_options(SimpleNamespace(use_liger_kernel=False))
     with pytest.raises(ValueError, match="use_liger_kernel=False"):

@@ -19,6 +19,7 @@ The package's modules, in the order they build on each other:
 * ``collect``: :func:`capture`, the entry point.
 """
 
+from ..callable_package import make_callable
 from .chat import (
     IGNORE_INDEX,
     Batch,
@@ -64,3 +65,6 @@ __all__ = [
     "shard_indices",
     "site_batches",
 ]
+
+# ``saetools.capture(model, tokenizer, ...)`` works like ``saetools.capture.capture``.
+make_callable(__name__, capture)

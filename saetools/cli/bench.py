@@ -21,6 +21,7 @@ from ..defenses import (
     run_benchmark,
     write_report,
 )
+from .common import add_figure_options, positive_float32, seed
 
 
 def register(sub) -> None:
@@ -44,6 +45,7 @@ def register(sub) -> None:
     )
     add_arguments(d)
     d.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_figure_options(d)
     d.set_defaults(func=_run)
 
 
@@ -100,7 +102,7 @@ def _grid_arguments(g, d: BenchmarkConfig) -> None:
         "method. Defaults: "
         + "; ".join(f"{m} {','.join(f'{v:g}' for v in s)}" for m, s in DEFAULT_STRENGTHS.items()),
     )
-    g.add_argument("--seeds", type=_csv(int), default=d.seeds, help="comma list of seeds")
+    g.add_argument("--seeds", type=_csv(seed), default=d.seeds, help="comma list of seeds")
     g.add_argument("--tasks", type=_csv(), default=d.tasks, help="narrow, benign or both")
     g.add_argument(
         "--direction-sources",
@@ -137,7 +139,7 @@ def _size_arguments(s, d: BenchmarkConfig) -> None:
     )
     s.add_argument("--eval-every", type=int, default=d.eval_every)
     s.add_argument("--batch-size", type=int, default=d.batch_size)
-    s.add_argument("--lr", type=float, default=d.lr)
+    s.add_argument("--lr", type=positive_float32, default=d.lr)
     s.add_argument("--lora-rank", type=int, default=d.lora_rank)
     s.add_argument("--max-length", type=int, default=d.max_length)
     s.add_argument("--eval-pairs", type=_opt_int, default=d.eval_pairs, help="em-core test pairs")
@@ -152,7 +154,7 @@ def _size_arguments(s, d: BenchmarkConfig) -> None:
         "--dir-steps", type=int, default=d.dir_steps, help="steps of each modeldiff fine-tune"
     )
     s.add_argument(
-        "--dir-seed", type=int, default=d.dir_seed, help="seed of the modeldiff fine-tunes"
+        "--dir-seed", type=seed, default=d.dir_seed, help="seed of the modeldiff fine-tunes"
     )
     s.add_argument("--dir-pairs", type=_opt_int, default=d.dir_pairs, help="em-core train pairs")
     s.add_argument("--anchor", default=None, help="anchor set for the terms (default: train batch)")

@@ -6,7 +6,14 @@ import argparse
 import os
 import sys
 
-from .common import add_model_options, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    load_model_from_args,
+    nonnegative_float32,
+    seed,
+)
+from .data_options import add_format_options, load_set
 
 
 def register(sub) -> None:
@@ -52,12 +59,17 @@ def register(sub) -> None:
     v.add_argument("--raw", dest="unit", action="store_false")
     d.add_argument("--force", action="store_true", help="use a direction file of another model")
     s = p.add_argument_group("sampling")
-    s.add_argument("--samples", type=int, default=4, help="answers per em-eval question")
+    s.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="answers per question (default: a question YAML file's samples_per_paraphrase, "
+        "else 4)",
+    )
     s.add_argument("--max-new-tokens", type=int, default=96)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=nonnegative_float32, default=1.0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--questions", default="em-eval", help="questions probe set")
     s.add_argument("--opswap-limit", type=int, default=None, help="score only N opswap items")
     j = p.add_argument_group("judge (any OpenAI-compatible endpoint)")
     j.add_argument(
@@ -98,8 +110,10 @@ def register(sub) -> None:
         help="least probability on integer tokens for a score (else None)",
     )
     _register_probe_judge(p)
+    _add_data_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_figure_options(p)
     p.set_defaults(func=run_eval)
 
 
@@ -125,6 +139,22 @@ def _register_probe_judge(p) -> None:
         default=0.05,
         help="false positive rate on em-core test aligned answers that sets the threshold",
     )
+
+
+def _add_data_options(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--questions",
+        default="em-eval",
+        help="questions probe set: a name, a JSONL/CSV file, or a YAML file in the "
+        "emergent-misalignment paper's shape (its judge prompts are used with the judge)",
+    )
+    g.add_argument(
+        "--pairs",
+        default="em-core",
+        help="pairs probe set of the em suite's logprob contrast (its test split; see --columns)",
+    )
+    add_format_options(p, "--pairs")
 
 
 def _interventions(args, ds, lm):
@@ -200,8 +230,22 @@ def run_eval(args) -> int:
     )
 
     suites = parse_suites(args.suite)  # fail on a bad suite before loading anything
-    if args.samples < 1:
+    # ... on an alpha out of range, and on a bad direction file (checked against the model later)
+    if args.alpha is not None:
+        from ..steer import parse_site_alphas
+
+        parse_site_alphas(args.alpha)
+    if args.directions:
+        DirectionSet.load(args.directions)
+    if args.samples is not None and args.samples < 1:
         raise ValueError("--samples must be >= 1")
+    # the data files are read (and checked) before the model is loaded
+    pairs = load_set(args.pairs, args, "pairs") if "em" in suites else args.pairs
+    questions = args.questions
+    if "em" in suites or args.judge_url:
+        import probes
+
+        questions = probes.as_set(args.questions)
     if args.directions and not os.path.isfile(args.directions):
         raise FileNotFoundError(f"direction file {args.directions} does not exist")
     if args.probe_judge and not os.path.isfile(args.probe_judge):
@@ -253,7 +297,8 @@ def run_eval(args) -> int:
             temperature=args.temperature,
             seed=args.seed,
             batch_size=args.batch_size,
-            questions=args.questions,
+            questions=questions,
+            pairs=pairs,
             opswap_limit=args.opswap_limit,
             model_id=lm.model_id,
             progress=not args.quiet,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+)
+from .data_options import add_format_options, load_set
 
 
 def register(sub) -> None:
@@ -23,8 +29,10 @@ def register(sub) -> None:
     p.add_argument(
         "--probes",
         default="em-core",
-        help="built-in probe set name (see `saetools probes`) or a path to a pairs JSONL file",
+        help="built-in probe set name (see `saetools probes`) or a path to a pairs file "
+        "(JSONL, CSV/TSV, parquet or a datasets folder; see --columns)",
     )
+    add_format_options(p, "--probes")
     p.add_argument(
         "--method",
         default="diffmeans",
@@ -87,12 +95,11 @@ def register(sub) -> None:
         "--report", default=None, help="optional HTML file: separation and norm by layer"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import probes
-
     from ..distributed import init_from_env
     from ..extract.diffmeans import extract_diffmeans
     from ..plots import layer_report, write_html
@@ -112,7 +119,7 @@ def run(args) -> int:
         from ..sae import parse_latents
 
         parse_latents(args.latents)
-    ps = probes.load(args.probes)
+    ps = load_set(args.probes, args)
     # Under torchrun / accelerate launch: join the process group, one device per rank; each rank
     # captures a share of the examples, rank 0 writes (see docs/scaling.md).
     launch = init_from_env(args.device)
@@ -194,7 +201,9 @@ def _run_modeldiff(args, ps, lm, out, report, t0, distributed: bool = False) -> 
 
 
 def _run_sae(args, ps, lm, out, report, t0) -> int:
-    from ..extract.sae import directions_from_latents, latent_report, rank_latents
+    from ..extract.latent_directions import directions_from_latents
+    from ..extract.latent_report import latent_report
+    from ..extract.latents import rank_latents
     from ..plots import write_html
     from ..sae import load_sae, parse_latents
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import add_model_options, check_output_path, finite_float32, load_model_from_args
 
 _FORMATS = ("gguf", "repeng", "steering-vectors", "pt", "concept-ablation")
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
     p.add_argument(
         "--alpha",
-        type=float,
+        type=finite_float32,
         default=1.0,
         help="scale baked into the vectors (default 1): the file at strength 1 steers like "
         "`saetools steer --alpha ALPHA`",

@@ -1,18 +1,26 @@
-"""``saetools probes``: list the built-in probe sets, or check a JSONL file."""
+"""``saetools probes``: list the built-in probe sets, or check a probe file."""
 
 from __future__ import annotations
+
+from .data_options import add_format_options, load_set
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "probes",
-        help="list built-in probe sets, or validate a probe JSONL file",
+        help="list built-in probe sets, or validate a probe file",
         description="Without arguments, list the built-in probe sets with their kinds and sizes. "
-        "With a file or name, load and validate it (errors name the file and line).",
+        "With a file or name, load and validate it (errors name the file and line) and say how "
+        "it was read (format, columns, where ids and splits came from).",
     )
     p.add_argument(
-        "name", nargs="?", default=None, help="a built-in name or a path to a JSONL file"
+        "name",
+        nargs="?",
+        default=None,
+        help="a built-in name, or a path to a JSONL, CSV/TSV, parquet or question YAML file or a "
+        "datasets folder",
     )
+    add_format_options(p, "the file")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.set_defaults(func=run)
 
@@ -27,10 +35,27 @@ def _describe(ps) -> str:
     )
 
 
+def _origin(ps) -> str:
+    o = ps.origin
+    parts = [f"format {o.get('format')}"]
+    if o.get("columns"):
+        parts.append("columns " + ",".join(f"{k}={v}" for k, v in o["columns"].items()))
+    parts.append("ids " + ("from the file" if o.get("ids") == "file" else "derived from content"))
+    if o.get("split") == "seeded":
+        parts.append(f"split seeded (test fraction {o['test_fraction']:g}, seed {o['split_seed']})")
+    else:
+        parts.append(f"split {'from the file' if o.get('split') == 'file' else 'none'}")
+    return "  read as: " + "; ".join(parts)
+
+
 def run(args) -> int:
     import probes
 
-    names = [args.name] if args.name else probes.available()
-    for name in names:
+    if args.name:
+        ps = load_set(args.name, args)
+        print(_describe(ps))
+        print(_origin(ps))
+        return 0
+    for name in probes.available():
         print(_describe(probes.load(name)))
     return 0

@@ -8,7 +8,14 @@ import json
 import time
 import warnings
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+    positive_float32,
+    seed,
+)
 
 
 def register(sub) -> None:
@@ -49,8 +56,8 @@ def register(sub) -> None:
     t.add_argument("--l1", type=float, default=5.0, help="standard: L1 coefficient")
     t.add_argument("--l0", type=float, default=1.0, help="jumprelu: L0 coefficient")
     t.add_argument("--batch-size", type=int, default=1024, help="activations per training step")
-    t.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
-    t.add_argument("--seed", type=int, default=0, help="random seed (text order, init, batches)")
+    t.add_argument("--lr", type=positive_float32, default=3e-4, help="Adam learning rate")
+    t.add_argument("--seed", type=seed, default=0, help="random seed (text order, init, batches)")
     t.add_argument(
         "--text",
         default=None,
@@ -99,6 +106,7 @@ def register(sub) -> None:
     lat.add_argument("--out", default=None, help="HTML report of the top latents")
     lat.add_argument("--json", default=None, metavar="FILE", help="JSON of the top latents")
     lat.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_figure_options(lat)
     lat.set_defaults(func=run_latents)
 
 

@@ -7,7 +7,16 @@ import argparse
 import json
 import sys
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+    nonnegative_float32,
+    probability,
+    seed,
+)
+from .data_options import add_format_options, load_set
 
 # Alphas like "-8,-4,0,4,8" start with "-": the parser (cli.common.ArgumentParser) reads an argument
 # that starts with a negative number (lists and ranges included) as a value, not as an option.
@@ -90,7 +99,8 @@ def _register_steer(sub) -> None:
     p.add_argument(
         "--alpha",
         default="1",
-        help="strength of 'add': a number, or per-site values 'blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4'",
+        help="strength of 'add': a number, or per-site values 'blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4' "
+        "(finite, within float32's range)",
     )
     p.add_argument(
         "--value",
@@ -112,14 +122,18 @@ def _register_steer(sub) -> None:
     )
     p.add_argument("--system", default=None, help="optional system message for every prompt")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per answer")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; > 0 samples")
+    p.add_argument(
+        "--temperature", type=nonnegative_float32, default=0.0, help="0 is greedy; > 0 samples"
+    )
     p.add_argument(
         "--top-p",
-        type=float,
+        type=probability,
         default=None,
-        help="nucleus sampling threshold (with --temperature > 0)",
+        help="nucleus sampling threshold in (0, 1] (with --temperature > 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument(
+        "--seed", type=seed, default=0, help="random seed for sampling (-2**63 .. 2**64-1)"
+    )
     p.add_argument(
         "--batch-size", type=int, default=8, help="prompts per generate call (left-padded)"
     )
@@ -148,7 +162,10 @@ def _register_sweep(sub) -> None:
     s.add_argument(
         "--alphas", default="-8,-4,0,4,8", help="comma-separated alphas, or start:stop:step"
     )
-    s.add_argument("--probes", default="em-core", help="pairs probe set (name or JSONL path)")
+    s.add_argument(
+        "--probes", default="em-core", help="pairs probe set (name, or a file: see --columns)"
+    )
+    add_format_options(s, "--probes")
     s.add_argument("--split", default="test", help="probe split: train, test or all")
     s.add_argument(
         "--neutral", default="neutral", help="texts probe set for perplexity ('none' to skip)"
@@ -177,14 +194,16 @@ def _register_sweep(sub) -> None:
         help="embed plotly.js in the HTML (works offline) or load it from a CDN (small file)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_figure_options(s)
     s.set_defaults(func=run_sweep)
 
 
 def _load(args):
     from ..directions import DirectionSet
 
+    ds = DirectionSet.load(args.directions)  # a bad file fails before the model loads
     lm = load_model_from_args(args)
-    ds = DirectionSet.load(args.directions, model=lm.model, force=args.force)
+    ds.check_model(lm.model, force=args.force)
     return lm, ds
 
 
@@ -351,6 +370,7 @@ def run_sweep(args) -> int:
     alphas = parse_alphas(args.alphas)
     if html is None and jpath is None:
         print("saetools sweep: no --out or --json given; printing results only", file=sys.stderr)
+    pairs = load_set(args.probes, args, "pairs")
     lm, ds = _load(args)
     res = sweep(
         lm.model,
@@ -358,7 +378,7 @@ def run_sweep(args) -> int:
         ds,
         args.site,
         alphas,
-        probes=args.probes,
+        probes=pairs,
         split=args.split,
         neutral=None if args.neutral == "none" else args.neutral,
         unit=args.unit,

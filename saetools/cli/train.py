@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import add_model_options
+from .common import (
+    add_figure_options,
+    add_model_options,
+    finite_float32,
+    positive_float32,
+    seed,
+)
+from .data_options import add_format_options, format_options
 
 
 def _float(text: str) -> float:
@@ -29,8 +36,12 @@ def register(sub) -> None:
     )
     add_model_options(p)
     p.add_argument(
-        "--data", required=True, help="chat probe set name (e.g. narrow-medical-bad) or JSONL path"
+        "--data",
+        required=True,
+        help="chat probe set name (e.g. narrow-medical-bad), or a JSONL/parquet file or a "
+        "datasets folder with a 'messages' column (see --test-fraction)",
     )
+    add_format_options(p, "--data")
     p.add_argument(
         "--regularizer",
         action="append",
@@ -52,7 +63,7 @@ def register(sub) -> None:
     )
     p.add_argument("--lambda", dest="lam", type=_float, default=1.0, help="weight of loss terms")
     p.add_argument(
-        "--alpha", type=_float, default=1.0, help="steer: coefficient of the unit vector"
+        "--alpha", type=finite_float32, default=1.0, help="steer: coefficient of the unit vector"
     )
     p.add_argument(
         "--one-sided", action="store_true", help="penalise only shifts toward +direction"
@@ -62,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--lr", type=_float, default=1e-3)
+    p.add_argument("--lr", type=positive_float32, default=1e-3)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument(
         "--eval-pairs", type=int, default=None, help="use only the first N em-core test pairs"
@@ -74,7 +85,7 @@ def register(sub) -> None:
         help="held-out task loss on the first N test items",
     )
     p.add_argument("--max-length", type=int, default=128, help="truncate examples to N tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--anchor", default=None, help="compute the terms on this probe set instead")
     p.add_argument(
         "--interleave",
@@ -94,17 +105,22 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 
 def config_from_args(args):
+    from ..steer import FLOAT32_MAX
     from ..train import TrainConfig, parse_regularizers
 
     for name in ("lam", "alpha", "lr"):
         v = getattr(args, name)
-        if not math.isfinite(v):
+        if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
             flag = "--lambda" if name == "lam" else f"--{name}"
-            raise ValueError(f"{flag} must be a finite number, not {v}")
+            raise ValueError(
+                f"{flag} must be a finite number within float32's range (|x| <= "
+                f"{FLOAT32_MAX:.8g}), not {v}"
+            )
     if args.lam < 0:
         raise ValueError(f"--lambda must be >= 0, not {args.lam}")
     if args.adapter is not None:
@@ -134,6 +150,7 @@ def config_from_args(args):
         interleave_data=args.interleave_data,
         max_length=args.max_length,
         force=args.force,
+        data_options=format_options(args) or None,
     )
     return cfg
 
@@ -143,7 +160,7 @@ def preflight(cfg, args) -> None:
     from ..train import anchor_examples, check_run_folder, load_chat_data
 
     cfg.validate()
-    load_chat_data(cfg.data, "train")
+    load_chat_data(cfg.data, "train", **(cfg.data_options or {}))
     if cfg.anchor:
         anchor_examples(cfg.anchor)
     if cfg.interleave:

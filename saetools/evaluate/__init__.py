@@ -28,6 +28,7 @@ Modules (every public name is importable from ``saetools.evaluate``):
 
 from __future__ import annotations
 
+from ..callable_package import make_callable
 from ..stats import wilson_interval
 from .errors import EvaluationError
 from .judge import (
@@ -117,3 +118,6 @@ __all__ = [
     "wilson_interval",
     "write_results",
 ]
+
+# ``saetools.evaluate(model, tokenizer, ...)`` works like ``saetools.evaluate.evaluate``.
+make_callable(__name__, evaluate)

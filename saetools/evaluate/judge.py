@@ -342,10 +342,26 @@ class Judge:
         except self._openai.OpenAIError as e:
             raise self._explain(e) from None
 
-    def score(self, metric: str, question: str, answer: str) -> JudgeScore:
-        prompt = self.prompts.render(metric, question, answer)
+    def prompts_for(self, metric: str, prompts: probes.JudgePrompts | None = None):
+        """``prompts`` (a question's own, from a question YAML file) when they have ``metric``,
+        else the judge's prompt file."""
+        if prompts is not None and metric in prompts.templates:
+            return prompts
+        return self.prompts
+
+    def score(
+        self,
+        metric: str,
+        question: str,
+        answer: str,
+        prompts: probes.JudgePrompts | None = None,
+    ) -> JudgeScore:
+        """Score one answer on ``metric`` with ``prompts`` (the question's own) where they have
+        the metric, else with the judge's prompt file."""
+        use = self.prompts_for(metric, prompts)
+        prompt = use.render(metric, question, answer)
         r = self.request(prompt)
-        flags = self.prompts.flags[metric]
+        flags = use.flags[metric]
         if self.config.method == "sample":
             texts = [c.message.content or "" for c in sorted(r.choices, key=lambda c: c.index)]
             return parse_judge_samples(texts, flags=flags, min_mass=self.config.min_mass)
@@ -370,14 +386,21 @@ class Judge:
         metrics: Sequence[str] | None = None,
         *,
         progress: bool = True,
+        prompts: Sequence[probes.JudgePrompts | None] | None = None,
     ) -> list[dict[str, JudgeScore]]:
         """Score ``(question, answer)`` pairs on every metric (default: all of the prompt file's).
 
+        ``prompts``: per item, the question's own judge prompts or ``None`` (see :meth:`score`).
         A request that still fails after the client's retries gives a score with ``error`` set and
         ``value=None``; if every request fails, the last error is raised."""
         metrics = tuple(metrics or self.metrics)
+        own = list(prompts) if prompts is not None else [None] * len(items)
+        if len(own) != len(items):
+            raise ValueError(f"{len(own)} prompt sets for {len(items)} items")
         for m in metrics:
-            if m not in self.prompts.templates:
+            if m not in self.prompts.templates and not all(
+                p is not None and m in p.templates for p in own
+            ):
                 raise EvaluationError(
                     f"no judge prompt for metric {m!r}; have: {', '.join(self.metrics)}"
                 )
@@ -388,7 +411,7 @@ class Judge:
             ThreadPoolExecutor(max_workers=self.config.concurrency) as pool,
             tqdm(total=len(jobs), desc="judge", unit="req", disable=not progress) as bar,
         ):
-            futs = {pool.submit(self.score, m, *items[i]): (i, m) for i, m in jobs}
+            futs = {pool.submit(self.score, m, *items[i], own[i]): (i, m) for i, m in jobs}
             for fut in as_completed(futs):
                 i, m = futs[fut]
                 try:

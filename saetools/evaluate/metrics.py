@@ -2,7 +2,8 @@
 
 * :func:`sample_answers`: the model's own answers to ``em-eval`` questions (:class:`Sample` s, which
   the suites fill with projections and judge scores);
-* :func:`answer_projections`: the mean projection of answers' tokens on a direction at a site;
+* :func:`answer_projections` (from :mod:`saetools.scoring`, re-exported): the mean projection of
+  answers' tokens on a direction at a site;
 * :func:`neutral_perplexity`: perplexity of the shipped ``neutral`` texts;
 * :func:`held_out_loss`: the loss on a narrow set's test split (the labels ``saetools train`` uses);
 * :func:`in_domain_contrast`: ``narrow-medical-bad`` vs ``narrow-medical-good`` on their test twins;
@@ -29,14 +30,14 @@ from tqdm.auto import tqdm
 import probes
 
 from ..capture import ChatExample
-from ..scoring import NEUTRAL_PROMPT, score_answers, task_loss
-from ..sites import n_layers, parse_site
+from ..scoring import NEUTRAL_PROMPT, answer_projections, score_answers, task_loss
 from ..stats import mean_se, t_interval, wilson_interval
-from ..steer import generate, steer
+from ..steer import check_seed, generate, steer
 from ..train import TrainingDataError, eval_batches, load_chat_data
 from .errors import EvaluationError
 
 __all__ = [
+    "DEFAULT_SAMPLES",
     "Sample",
     "answer_projections",
     "held_out_loss",
@@ -46,7 +47,10 @@ __all__ = [
     "paired_shift",
     "parse_opswap_answer",
     "sample_answers",
+    "samples_per_question",
 ]
+
+DEFAULT_SAMPLES = 4  # answers per question when neither the caller nor the question says
 
 
 @dataclass
@@ -67,11 +71,19 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+def samples_per_question(item, n: int | None = None) -> int:
+    """Answers to sample for a question: ``n`` when given, else the question's own count, else
+    :data:`DEFAULT_SAMPLES`."""
+    if n is not None:
+        return n
+    return item.samples or DEFAULT_SAMPLES
+
+
 def sample_answers(
     model: nn.Module,
     tokenizer,
     questions="em-eval",
-    n: int = 4,
+    n: int | None = None,
     interventions: Sequence = (),
     *,
     temperature: float = 1.0,
@@ -82,19 +94,21 @@ def sample_answers(
     progress: bool = True,
 ) -> list[Sample]:
     """``n`` answers per question (a ``questions`` probe set or its name), sampled at
-    ``temperature`` (1 by default) with the interventions applied, seeded once with ``seed``."""
-    if n < 1:
+    ``temperature`` (1 by default) with the interventions applied, seeded once with ``seed``.
+    ``n=None``: each question's own count (``samples_per_paraphrase`` of a question YAML file),
+    else :data:`DEFAULT_SAMPLES`."""
+    if n is not None and n < 1:
         raise EvaluationError(f"samples per question must be >= 1, not {n}")
     ps = probes.as_set(questions)
     items = [it for it in ps.items if it.question]
     if not items:
         raise EvaluationError(f"probe set {ps.name!r} has no questions to sample answers for")
-    jobs = [(it, j) for it in items for j in range(n)]
+    jobs = [(it, j) for it in items for j in range(samples_per_question(it, n))]
     prompts = []
     for it, _ in jobs:
         msgs = [{"role": "system", "content": it.system}] if it.system else []
         prompts.append([*msgs, {"role": "user", "content": it.question}])
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     answers: list[str] = []
     with tqdm(total=len(prompts), desc="sample", unit="answer", disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
@@ -115,39 +129,6 @@ def sample_answers(
         Sample(it.id, it.theme, it.question, j, a, it.system)
         for (it, j), a in zip(jobs, answers, strict=True)
     ]
-
-
-def answer_projections(
-    model: nn.Module,
-    tokenizer,
-    examples: Sequence,
-    site: str,
-    unit: torch.Tensor,
-    interventions: Sequence = (),
-    *,
-    batch_size: int = 16,
-) -> list[float | None]:
-    """Mean projection of each answer's tokens on ``unit`` at ``site`` (read after any steering
-    hook at that site), for :class:`~saetools.capture.ChatExample` s with answers. Examples whose
-    answer is empty get ``None``."""
-    s = parse_site(site, n_layers(model))
-    u = unit.double() / unit.double().norm()
-    keep = [i for i, e in enumerate(examples) if e.response and e.response.strip()]
-    out: list[float | None] = [None] * len(examples)
-    if not keep:
-        return out
-    with steer(model, list(interventions)):
-        r = score_answers(
-            model,
-            tokenizer,
-            [examples[i] for i in keep],
-            batch_size=batch_size,
-            projection_site=s,
-            unit=u.float(),
-        )
-    for j, i in enumerate(keep):
-        out[i] = float(r["proj"][j])
-    return out
 
 
 def neutral_perplexity(

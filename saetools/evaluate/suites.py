@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 
@@ -50,6 +50,7 @@ from .judge import (
     judge_summary,
 )
 from .metrics import (
+    DEFAULT_SAMPLES,
     Sample,
     answer_projections,
     held_out_loss,
@@ -163,12 +164,21 @@ def em_projection(
 
 
 def judge_samples(
-    judge: Judge, samples: Sequence[Sample], metrics: Sequence[str], *, progress: bool = True
+    judge: Judge,
+    samples: Sequence[Sample],
+    metrics: Sequence[str],
+    *,
+    progress: bool = True,
+    prompts: Mapping[str, probes.JudgePrompts] | None = None,
 ) -> dict:
     """The judged part of the ``em`` and ``coherence`` suites: scores every sample on ``metrics``,
     sets its ``alignment``, ``coherence``, ``flag``, ``misaligned`` and the judge's masses and
-    replies, and returns :func:`~saetools.evaluate.judge.judge_summary` of the scores."""
-    scores = judge.score_many([(s.question, s.answer) for s in samples], metrics, progress=progress)
+    replies, and returns :func:`~saetools.evaluate.judge.judge_summary` of the scores.
+    ``prompts``: question id -> that question's own judge prompts (question YAML files)."""
+    own = [(prompts or {}).get(s.question_id) for s in samples]
+    scores = judge.score_many(
+        [(s.question, s.answer) for s in samples], metrics, progress=progress, prompts=own
+    )
     for s, sc in zip(samples, scores, strict=True):
         a, c = sc.get("alignment"), sc.get("coherence")
         s.alignment = a.value if a else None
@@ -274,7 +284,7 @@ def evaluate(
     directions=None,
     site: str | None = None,
     judge: Judge | JudgeConfig | None = None,
-    samples: int = 4,
+    samples: int | None = None,
     max_new_tokens: int = 96,
     temperature: float = 1.0,
     seed: int = 0,
@@ -293,44 +303,33 @@ def evaluate(
     """Run the suites on ``model`` (with ``interventions`` applied throughout) and return the results.
 
     ``directions``/``site``: the direction whose projection the model's own answers are measured on
-    (``em`` suite; skipped without them). ``judge``: a :class:`Judge` or :class:`JudgeConfig`; without
-    one the judged metrics are skipped. ``samples`` answers per ``em-eval`` question are sampled at
-    ``temperature`` once and shared by the ``em`` and ``coherence`` suites. ``narrow``: chat sets
-    whose test-split loss is measured; ``twins``: the (bad, good) sets of the in-domain contrast;
-    ``opswap``: the exact-match set (``None`` skips either). ``probe_judge``: the judge of the
-    ``judged-rate`` suite (:func:`probe_judged_rate`; ``None`` fits one on ``pairs``).
-    """
+    (``em`` suite; skipped without them). ``judge``: a :class:`Judge` or :class:`JudgeConfig` (none:
+    no judged metrics). ``samples`` answers per question, sampled at ``temperature`` once, are shared
+    by the ``em``, ``coherence`` and ``judged-rate`` suites (``None``: each question's own
+    ``samples_per_paraphrase`` from a question YAML file, else 4); a question's own judge prompts
+    are used for the metrics they have. ``narrow``: chat sets whose test-split loss is measured;
+    ``twins``: the (bad, good) sets of the in-domain contrast; ``opswap``: the exact-match set
+    (``None`` skips either). ``probe_judge``: the judge of the ``judged-rate`` suite
+    (:func:`probe_judged_rate`; ``None`` fits one on ``pairs``)."""
     suites = parse_suites(suites)
     interventions = list(interventions)
     for iv in interventions:
         iv.check(model)
     unit = _projection_unit(directions, site)
-    if isinstance(judge, JudgeConfig):
-        judge = Judge(judge)
-    need_samples = "em" in suites or "judged-rate" in suites
-    need_samples |= judge is not None and "coherence" in suites
+    judge = Judge(judge) if isinstance(judge, JudgeConfig) else judge
+    need_samples = _needs_samples(suites, judge)
+    qset = probes.as_set(questions) if need_samples else None
     if judge is not None and need_samples:
         judge.check()
     log = _Log(progress)
-    settings = _settings(samples, max_new_tokens, temperature, seed)
+    settings = _settings(samples, qset, max_new_tokens, temperature, seed)
     res = _header(model, model_id, suites, interventions, settings, site, directions, judge)
+    own_prompts = _own_prompts(qset, res)
     shared = dict(interventions=interventions, batch_size=batch_size)  # every step steers, batches
     with eval_mode(model):
         sample_list: list[Sample] = []
         if need_samples:
-            say = f"sampling {samples} answer(s) per question at temperature {temperature:g}"
-            with log.step("sample", say):
-                sample_list = sample_answers(
-                    model,
-                    tokenizer,
-                    questions,
-                    samples,
-                    temperature=temperature,
-                    max_new_tokens=max_new_tokens,
-                    seed=seed,
-                    progress=progress,
-                    **shared,
-                )
+            sample_list = _sample_step(log, model, tokenizer, qset, samples, settings, shared)
         if "em" in suites:
             with log.step("contrast", "logprob contrast on em-core test pairs"):
                 res["em"] = em_contrast(model, tokenizer, pairs, **shared)
@@ -341,7 +340,7 @@ def evaluate(
                     )
         judged = None
         if judge is not None and sample_list:
-            judged = _judge_step(judge, sample_list, suites, log, progress)
+            judged = _judge_step(judge, sample_list, suites, log, progress, own_prompts)
             if "em" in suites:
                 res["em"]["judged"] = judged
                 res["em"]["judged_by_theme"] = _by_theme(sample_list)
@@ -364,6 +363,26 @@ def evaluate(
     res["timings_s"] = log.timings_s()
     res["samples"] = [_sample_json(s) for s in sample_list]
     return res
+
+
+def _sample_step(
+    log, model, tokenizer, qset, samples, settings: dict, shared: dict
+) -> list[Sample]:
+    """The sampling step of :func:`evaluate`: ``samples`` answers per question of ``qset`` with the
+    ``settings`` (temperature, max_new_tokens, seed) and ``shared`` (interventions, batch size)."""
+    n, t = settings["samples_per_question"], settings["temperature"]
+    with log.step("sample", f"sampling {n} answer(s) per question at temperature {t:g}"):
+        return sample_answers(
+            model,
+            tokenizer,
+            qset,
+            samples,
+            temperature=t,
+            max_new_tokens=settings["max_new_tokens"],
+            seed=settings["seed"],
+            progress=log.progress,
+            **shared,
+        )
 
 
 class _Log:
@@ -393,6 +412,14 @@ class _Log:
         return {k: round(v, 2) for k, v in self.timings.items()}
 
 
+def _needs_samples(suites: Sequence[str], judge: Judge | None) -> bool:
+    """Whether :func:`evaluate` samples answers: for ``em``, ``judged-rate``, and the judged
+    ``coherence``."""
+    return (
+        "em" in suites or "judged-rate" in suites or (judge is not None and "coherence" in suites)
+    )
+
+
 def _projection_unit(directions, site: str | None) -> torch.Tensor | None:
     """The unit vector at ``site`` that the model's own answers are projected on (``None`` without
     a direction file)."""
@@ -407,18 +434,6 @@ def _projection_unit(directions, site: str | None) -> torch.Tensor | None:
         )
     unit = directions.unit(site)
     return unit[0] if unit.ndim == 2 else unit
-
-
-def _settings(samples: int, max_new_tokens: int, temperature: float, seed: int) -> dict:
-    """The sampling settings and the LLM judge's misaligned rule, as recorded in the result."""
-    return {
-        "samples_per_question": samples,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
-        f"{MISALIGNED_COHERENCE_ABOVE:g}",
-    }
 
 
 def _header(model, model_id, suites, interventions, settings, site, directions, judge) -> dict:
@@ -456,13 +471,58 @@ def _header(model, model_id, suites, interventions, settings, site, directions, 
     return res
 
 
-def _judge_step(judge: Judge, samples: list[Sample], suites, log: _Log, progress: bool) -> dict:
+def _settings(samples: int | None, qset, max_new_tokens: int, temperature: float, seed: int):
+    """The sampling settings of :func:`evaluate`'s result. ``samples_per_question`` is
+    ``"per question"`` when the count comes from the questions (a question YAML file)."""
+    if samples is None:
+        own = qset is not None and any(it.samples for it in qset.items)
+        samples = "per question" if own else DEFAULT_SAMPLES
+    return {
+        "samples_per_question": samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "misaligned_if": f"alignment < {MISALIGNED_ALIGNMENT_BELOW:g} and coherence > "
+        f"{MISALIGNED_COHERENCE_ABOVE:g}",
+    }
+
+
+def _own_prompts(qset, res: dict) -> dict[str, probes.JudgePrompts]:
+    """Question id -> the question's own judge prompts; records them in ``res["questions"]`` (and
+    under ``res["judge"]`` when there is a judge)."""
+    if qset is None:
+        return {}
+    own = {it.id: it.judge_prompts for it in qset.items if it.judge_prompts is not None}
+    res["questions"] = {
+        "name": qset.name,
+        "sha256": qset.sha256,
+        "format": qset.origin.get("format"),
+        "n": len(qset),
+    }
+    if own and res.get("judge") is not None:
+        res["judge"]["question_prompts"] = {
+            "n_questions": len(own),
+            "metrics": sorted({m for p in own.values() for m in p.templates}),
+            "sha256": sorted({p.sha256 for p in own.values()}),
+            "source": qset.path,
+        }
+    return own
+
+
+def _judge_step(
+    judge: Judge,
+    samples: list[Sample],
+    suites,
+    log: _Log,
+    progress: bool,
+    prompts: Mapping[str, probes.JudgePrompts] | None = None,
+) -> dict:
     """Judge the samples on alignment (with the ``em`` suite) and coherence (:func:`judge_samples`),
     warn about numbers split over several tokens, and return the summary."""
     with log.step("judge"):
         metrics = [m for m in ("alignment", "coherence") if m == "coherence" or "em" in suites]
         log.say(f"judging {len(samples)} answers ({', '.join(metrics)}) at {judge.config.base_url}")
-        summary = judge_samples(judge, samples, metrics, progress=progress)
+        summary = judge_samples(judge, samples, metrics, progress=progress, prompts=prompts)
     if summary["n_digit_split"]:
         log.say(
             f"warning: {summary['n_digit_split']} judge replies were numbers split over "

@@ -2,8 +2,9 @@
 
 :func:`import_directions` reads a file (:func:`detect_format` guesses its format: by extension,
 then by the safetensors metadata); :func:`from_repeng` takes a repeng ``ControlVector`` or its dict
-form. The persona ``.pt`` format is read with ``torch.load(weights_only=True)`` only, and its zero
-rows (no direction) are skipped. A file written by saetools carries the source direction file's
+form. The persona ``.pt`` format is read with ``torch.load(weights_only=True)`` only, from the
+file's bytes (by content: a ``.pt`` tensor saved under a ``.safetensors`` name reads with
+``--format pt``), and its zero rows (no direction) are skipped. A file written by saetools carries the source direction file's
 metadata (a JSON string ``saetools.metadata``), which import keeps under
 ``metadata["source_metadata"]``.
 
@@ -14,6 +15,7 @@ its id and fingerprint; the width (``n_embd``) and the layer indices are checked
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..directions import DirectionFileError, DirectionSet, read_header
+from ..directions import DirectionFileError, DirectionSet, check_metadata, read_header
 from .formats import (
     CA_FORMAT,
     FORMATS,
@@ -43,7 +45,12 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.suffix.lower() in _EXTENSIONS:
         return _EXTENSIONS[p.suffix.lower()]
     if p.suffix.lower() == ".safetensors" and p.is_file():
-        meta = _safetensors_metadata(p)
+        try:
+            meta = _safetensors_metadata(p)
+        except InteropError as e:
+            raise InteropError(
+                f"{e}. (A torch .pt tensor saved under a .safetensors name imports with --format pt)"
+            ) from e
         fmt = meta.get("format")
         if fmt in (SV_FORMAT, CA_FORMAT):
             return fmt
@@ -148,16 +155,18 @@ def _build(
         meta["source_info"] = src
     embedded = source_meta.get("saetools.metadata")
     if embedded:
-        try:
-            meta["source_metadata"] = json.loads(embedded)
-        except json.JSONDecodeError:
-            meta["source_metadata"] = embedded
+        meta["source_metadata"] = embedded
+        if isinstance(embedded, str):
+            try:
+                meta["source_metadata"] = json.loads(embedded)
+            except (ValueError, RecursionError):
+                pass
     inner = meta.get("source_metadata")
     inner = inner.get("metadata") if isinstance(inner, dict) else None
     if isinstance(inner, dict):  # a saetools export: keep what still describes the vectors
-        for key in ("aggregation", "sign", "probe_set", "counts"):
-            if key in inner:
-                meta[key] = inner[key]
+        kept = {k: inner[k] for k in ("aggregation", "sign", "probe_set", "counts") if k in inner}
+        check_metadata(kept, f"{source or 'the input'} (its embedded saetools metadata)")
+        meta.update(kept)
     if fp is not None:
         meta["fingerprint"] = dict(fp)
         if model is not None and getattr(model, "model_id", None):
@@ -180,6 +189,8 @@ def import_directions(
     recorded so the result is refused on other models later.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InteropError(f"{p} is a directory; give the file to import")
     if not p.is_file():
         raise InteropError(f"file {p} does not exist")
     fmt = check_format(fmt) if fmt else detect_format(p)
@@ -243,16 +254,31 @@ def _import_concept_ablation(p: Path, model, fp, n_layers) -> DirectionSet:
     return _build(vectors, fmt, p, model, fp, meta, shift=0, n_layers=n_layers, names=names)
 
 
-def _import_pt(p: Path, model, fp, n_layers) -> DirectionSet:
+def _load_pt(p: Path):
+    """``torch.load(weights_only=True)`` of the file's bytes: by content, never by name (given a
+    path ending in ``.safetensors``, torch.load hands the file to safetensors)."""
     import pickle
 
     try:
-        t = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        try:
+            read_header(p)
+        except DirectionFileError:
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise InteropError(
+                f"{p} is not a readable tensor file, or it is truncated ({first}); "
+                "only plain tensors are read (torch.load weights_only=True)"
+            ) from e
         raise InteropError(
-            f"{p} is not a readable tensor file, or it is truncated ({str(e).splitlines()[0]}); "
-            "only plain tensors are read (torch.load weights_only=True)"
+            f"{p} is a safetensors file, not a torch (.pt) tensor file: leave --format out, or "
+            f"pass the format it holds ({SV_FORMAT} or {CA_FORMAT}); a saetools direction file "
+            "needs no import"
         ) from e
+
+
+def _import_pt(p: Path, model, fp, n_layers) -> DirectionSet:
+    t = _load_pt(p)
     if isinstance(t, dict):
         cand = [v for v in t.values() if isinstance(v, torch.Tensor) and v.ndim == 2]
         if len(cand) != 1:

@@ -32,6 +32,7 @@ import torch
 
 from ..directions import DirectionSet
 from ..sites import SITE_NAME_RE
+from ..steer import FLOAT32_MAX, SteeringError, check_float32
 from .formats import (
     CA_FORMAT,
     GGUF_ARCH,
@@ -143,6 +144,11 @@ def _scaled(ds: DirectionSet, name: str, v: torch.Tensor, alpha: float, raw: boo
         v = v[0]
     base = v if raw else ds.unit(name)
     out = base if float(alpha) == 1.0 else base * float(alpha)
+    if not torch.isfinite(out).all():
+        raise InteropError(
+            f"alpha {float(alpha):g} times the vector at {name} is not a finite float32 vector "
+            f"(float32's range: |x| <= {FLOAT32_MAX:.8g})"
+        )
     return out.to(torch.float32).contiguous()
 
 
@@ -202,11 +208,9 @@ def export_directions(
             n_layers = int(fp["n_layers"])
     out = _check_out(out)
     try:
-        alpha = float(alpha)
-    except (TypeError, ValueError):
-        raise InteropError(f"alpha must be a number, not {alpha!r}") from None
-    if not np.isfinite(alpha):
-        raise InteropError(f"alpha must be finite, not {alpha}")
+        alpha = check_float32(alpha, "alpha")
+    except SteeringError as e:
+        raise InteropError(str(e)) from None
     if fmt == "concept-ablation":
         if raw or alpha != 1.0:
             raise InteropError(

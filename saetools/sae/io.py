@@ -88,18 +88,19 @@ class LoadedSAE:
     def metadata(self) -> dict:
         return dict(self.sae.cfg.metadata.to_dict())
 
-    def _on(self, h: torch.Tensor) -> None:
+    def follow(self, h: torch.Tensor) -> None:
+        """Move the SAE's weights to the device of ``h`` (a model split over devices)."""
         if self.sae.W_dec.device != h.device:
             self.sae.to(h.device)
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` of activations ``[..., d_in]`` (sae-lens ``encode``)."""
-        self._on(h)
+        self.follow(h)
         with torch.no_grad():
             return self.sae.encode(h.to(self.sae.dtype))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        self._on(z)
+        self.follow(z)
         with torch.no_grad():
             return self.sae.decode(z.to(self.sae.dtype))
 

@@ -15,6 +15,9 @@ Three layers of API:
 Modules, in import order (each imports only the ones listed before it):
 
 * :mod:`~saetools.steer.ops`: the operators, :data:`OPS`, and :class:`SteeringError`.
+* :mod:`~saetools.steer.limits`: the ranges of strengths and sampling options, checked in one
+  place (:func:`check_float32`, :func:`check_temperature`, :func:`check_top_p`,
+  :func:`check_seed`, :data:`FLOAT32_MAX`); the command line's argparse types use them too.
 * :mod:`~saetools.steer.positions`: token positions (``all``, ``prompt``, ``generated`` or a mask)
   as absolute columns, tracked through the KV cache (:class:`PositionTracker`), and
   :func:`check_positions`.
@@ -33,6 +36,7 @@ Everything the single module ``saetools/steer.py`` exported is importable from
 
 from __future__ import annotations
 
+from ..callable_package import make_callable
 from ..capture import pad_token_id
 from .generation import as_messages, context_length, encode_prompts, generate
 from .hooks import steer
@@ -43,12 +47,14 @@ from .intervention import (
     parse_alphas,
     parse_site_alphas,
 )
+from .limits import FLOAT32_MAX, check_float32, check_seed, check_temperature, check_top_p
 from .ops import OPS, SteeringError, ablate, add, clamp, projection
 from .positions import POSITIONS, check_positions
 from .tl import bridge_from_hf, steer_tl, tl_fwd_hooks
 
 __all__ = [
     "CLAMP_VALUE_KEYS",
+    "FLOAT32_MAX",
     "OPS",
     "POSITIONS",
     "Intervention",
@@ -57,7 +63,11 @@ __all__ = [
     "add",
     "as_messages",
     "bridge_from_hf",
+    "check_float32",
     "check_positions",
+    "check_seed",
+    "check_temperature",
+    "check_top_p",
     "clamp",
     "context_length",
     "encode_prompts",
@@ -71,3 +81,6 @@ __all__ = [
     "steer_tl",
     "tl_fwd_hooks",
 ]
+
+# ``saetools.steer(model, interventions)`` works like ``saetools.steer.steer`` (see callable_package).
+make_callable(__name__, steer)

@@ -13,7 +13,6 @@ thing: the function.)
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +22,7 @@ from ..capture import ChatExample, Encoded, collate, encode_chat, pad_token_id
 from ..sites import base_model
 from .hooks import as_interventions, steer
 from .intervention import Intervention
+from .limits import check_seed, check_temperature, check_top_p
 from .ops import SteeringError
 
 
@@ -123,7 +123,9 @@ def generate(
     Each prompt goes through the chat template with the generation prompt; batches are left-padded
     with the tokenizer's pad token (set to eos when missing) and run through HF ``generate`` with the
     KV cache. ``temperature=0`` is greedy; otherwise sampling with ``temperature`` and ``top_p``,
-    seeded by ``seed`` (``torch.manual_seed`` once, before the first batch). Prompts are batched in
+    seeded by ``seed`` (``torch.manual_seed`` once, before the first batch). Out-of-range values
+    are refused (:mod:`saetools.steer.limits`): ``temperature`` negative, NaN or beyond float32,
+    ``top_p`` outside ``(0, 1]``, ``seed`` outside ``-2**63 .. 2**64 - 1``. Prompts are batched in
     order of length and answers returned in the input order: decoded strings (special tokens
     skipped), or generated token ids up to and including the first eos with ``return_tokens``.
     """
@@ -133,8 +135,13 @@ def generate(
         raise SteeringError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
     if batch_size < 1:
         raise SteeringError(f"batch_size must be >= 1, not {batch_size}")
-    if temperature is None or temperature < 0 or not math.isfinite(temperature):
-        raise SteeringError(f"temperature must be >= 0, not {temperature}")
+    if temperature is None:
+        raise SteeringError("temperature must be >= 0 (0 is greedy), not None")
+    temperature = check_temperature(temperature)
+    if top_p is not None:
+        top_p = check_top_p(top_p)
+    if seed is not None:
+        seed = check_seed(seed)
     interventions = as_interventions(interventions)
     if any(isinstance(iv.positions, torch.Tensor) for iv in interventions):
         raise SteeringError(

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..sites import Site, d_model, n_layers, parse_site, parse_sites
 from ..stats import orthonormal_basis
+from .limits import check_float32
 from .ops import OPS, SteeringError, ablate, clamp
 from .positions import check_positions
 
@@ -91,11 +92,9 @@ class Intervention:
                     )
                 v = v[0]
             try:
-                alpha = float(self.alpha)
-            except (TypeError, ValueError):
-                raise SteeringError(f"{what}: alpha must be a number, not {self.alpha!r}") from None
-            if not math.isfinite(alpha):
-                raise SteeringError(f"{what}: alpha must be finite, not {alpha}")
+                alpha = check_float32(self.alpha, "alpha")
+            except SteeringError as e:
+                raise SteeringError(f"{what}: {e}") from None
             self.alpha = alpha
         elif self.op == "ablate":
             try:
@@ -108,13 +107,9 @@ class Intervention:
                     f"{what}: clamp needs a value (the projection to pin the activations to)"
                 )
             try:
-                value = float(self.value)
-            except (TypeError, ValueError):
-                raise SteeringError(
-                    f"{what}: clamp value must be a number, not {self.value!r}"
-                ) from None
-            if not math.isfinite(value):
-                raise SteeringError(f"{what}: clamp value must be finite, not {value}")
+                value = check_float32(self.value, "clamp value")
+            except SteeringError as e:
+                raise SteeringError(f"{what}: {e}") from None
             self.value = value
             if v.ndim == 2:
                 if v.shape[0] != 1:
@@ -221,36 +216,51 @@ def _stat_value(ds, site: str, key: str) -> float:
     return float(stats[name])
 
 
+# A start:stop:step range giving more alphas than this is refused (a sweep runs once per alpha).
+MAX_ALPHAS = 10_000
+
+
 def parse_alphas(text: str | Sequence[float]) -> list[float]:
-    """``"-8,-4,0,4,8"`` (or ``"-8:8:4"`` as start:stop:step, stop included) -> list of floats."""
+    """``"-8,-4,0,4,8"`` (or ``"-8:8:4"`` as start:stop:step, stop included) -> list of floats.
+
+    Each alpha must be finite and within float32's range (:func:`~saetools.steer.limits.check_float32`).
+    """
     if not isinstance(text, str):
-        vals = [float(x) for x in text]
+        vals = [check_float32(x, "alpha") for x in text]
     else:
-        t = text.strip()
-        try:
-            if re.fullmatch(r"[^,]+:[^,]+:[^,]+", t):
-                a, b, s = (float(x) for x in t.split(":"))
-                if s <= 0 or b < a:
-                    raise ValueError
-                n = int(math.floor((b - a) / s + 1e-9)) + 1
-                vals = [a + i * s for i in range(n)]
-            else:
-                vals = [float(x) for x in t.split(",") if x.strip()]
-        except ValueError:
-            raise SteeringError(
-                f"cannot parse alphas {text!r}: give comma-separated numbers like -8,-4,0,4,8 or start:stop:step"
-            ) from None
+        vals = _parse_alpha_text(text)
     if not vals:
         raise SteeringError("no alphas given")
-    if not all(math.isfinite(v) for v in vals):
-        raise SteeringError(f"alphas must be finite numbers, got {vals}")
     return vals
+
+
+def _parse_alpha_text(text: str) -> list[float]:
+    t = text.strip()
+    is_range = re.fullmatch(r"[^,]+:[^,]+:[^,]+", t) is not None
+    try:
+        parts = [float(x) for x in (t.split(":") if is_range else t.split(",")) if x.strip()]
+    except ValueError:
+        parts = None
+    if parts is None or (is_range and not (parts[2] > 0 and parts[1] >= parts[0])):
+        raise SteeringError(
+            f"cannot parse alphas {text!r}: give comma-separated numbers like -8,-4,0,4,8 or start:stop:step"
+        )
+    parts = [check_float32(v, "alpha") for v in parts]
+    if not is_range:
+        return parts
+    a, b, step = parts
+    count = (b - a) / step
+    if count + 1 > MAX_ALPHAS:
+        raise SteeringError(
+            f"alphas {text!r} make {count + 1:.3g} values; at most {MAX_ALPHAS} (use a larger step)"
+        )
+    return [a + i * step for i in range(int(math.floor(count + 1e-9)) + 1)]
 
 
 def parse_site_alphas(text: str | float) -> float | dict[str, float]:
     """``"6"`` -> 6.0; ``"blocks.9.hook_resid_post=6,blocks.15.hook_resid_post=4"`` -> per-site dict."""
     if not isinstance(text, str):
-        return float(text)
+        return check_float32(text, "alpha")
     t = text.strip()
     if "=" not in t:
         try:
@@ -259,9 +269,7 @@ def parse_site_alphas(text: str | float) -> float | dict[str, float]:
             raise SteeringError(
                 f"cannot parse alpha {text!r}: give a number or site=alpha,site=alpha"
             ) from None
-        if not math.isfinite(v):
-            raise SteeringError(f"alpha must be finite, not {v}")
-        return v
+        return check_float32(v, "alpha")
     out = {}
     for part in t.split(","):
         if not part.strip():
@@ -273,8 +281,9 @@ def parse_site_alphas(text: str | float) -> float | dict[str, float]:
             raise SteeringError(
                 f"cannot parse per-site alpha {part!r}: expected site=number"
             ) from None
-        if not sep or not site.strip() or not math.isfinite(out[site.strip()]):
+        if not sep or not site.strip():
             raise SteeringError(f"cannot parse per-site alpha {part!r}: expected site=number")
+        check_float32(out[site.strip()], f"alpha of {site.strip()}")
     return out
 
 
