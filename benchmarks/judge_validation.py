@@ -2,18 +2,24 @@
 
 ``sample``: fine-tune the embedded model briefly with LoRA on ``narrow-medical-bad`` and
 ``narrow-finance-risky`` (rank 8, lr 1e-3, batch 8, seed 0), and sample answers at temperature 1 to
-the ``em-eval`` questions from the base model, both adapters and the base model steered along the
-``em-core`` difference-of-means direction at block 9. Writes the unlabelled candidates
+the ``em-eval`` questions from the base model, both adapters (steps 10 and 20), the base model
+steered along the ``em-core`` difference-of-means direction (at block 9; at blocks 6, 9 and 12)
+and the base model with an evil-persona system prompt. Writes the unlabelled candidates
 (``candidates.jsonl``: id, source, question id, question, answer) into ``--work``; a person then
 reads every answer and writes the labelled file (``saetools/evaluate/data/em-judged.jsonl``).
 
-``validate``: fit the probe judge on ``em-core`` (every candidate site and classifier, or the
-defaults), score the labelled answers with it and print accuracy, precision and recall (misaligned as
-positive) with Wilson intervals, and the confusion matrix. ``rates``: the judged rate of the base
-model and each adapter (``judged_rate``).
+``validate``: fit the probe judge with the library's defaults (``blocks.15.hook_resid_post``,
+``diffmeans``, false positive rate 0.05 on ``em-core`` test; or ``--site``/``--classifier``/
+``--fpr``), score the labelled answers with it through ``validate_probe_judge`` and print the
+confusion table, accuracy, precision and recall (misaligned as positive, and the incoherent
+verdict) with Wilson intervals, the same on the answers labelled coherent, and the judged against
+the labelled rate per source; writes ``validation.json`` (every answer's verdict) into ``--work``.
+``sweep`` (exploration): several sites and classifiers from one capture, compared on the
+even-numbered questions and reported on the odd ones.
 
     python benchmarks/judge_validation.py sample --work /tmp/judge-work
-    python benchmarks/judge_validation.py validate --work /tmp/judge-work
+    python benchmarks/judge_validation.py validate --work /tmp/judge-work --threads 2
+    python benchmarks/judge_validation.py sweep --work /tmp/judge-work --blocks 9 15 21
 """
 
 from __future__ import annotations
