@@ -68,6 +68,12 @@ def register(sub) -> None:
     p.add_argument(
         "--one-sided", action="store_true", help="penalise only shifts toward +direction"
     )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="directional-kl / directional-l2 in norm-relative units, so one --lambda pulls alike on "
+        "models of different scale (see docs/regularizers.md)",
+    )
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (all attention + MLP)")
     p.add_argument("--full", action="store_true", help="full fine-tune (frozen copy as reference)")
     p.add_argument("--steps", type=int, default=100)
@@ -134,6 +140,7 @@ def config_from_args(args):
         lam=args.lam,
         alpha=args.alpha,
         one_sided=args.one_sided,
+        normalize=args.normalize,
         lora_rank=None if args.full else args.lora_rank,
         steps=args.steps,
         batch_size=args.batch_size,

@@ -38,6 +38,7 @@ class TrainConfig:
     lam: float = 1.0
     alpha: float = 1.0
     one_sided: bool = False
+    normalize: bool = False  # directional terms in norm-relative units (regularize.terms)
     lora_rank: int | None = 8
     lora_alpha: float | None = None
     steps: int = 100
@@ -148,11 +149,25 @@ def build_terms(cfg: TrainConfig, directions=None) -> list:
             terms.append(LDIFS(weight=cfg.lam, on=on))
         elif r == "directional-kl":
             terms.append(
-                DirectionalKL(directions, cfg.sites, weight=cfg.lam, one_sided=cfg.one_sided, on=on)
+                DirectionalKL(
+                    directions,
+                    cfg.sites,
+                    weight=cfg.lam,
+                    one_sided=cfg.one_sided,
+                    on=on,
+                    normalize=cfg.normalize,
+                )
             )
         elif r == "directional-l2":
             terms.append(
-                DirectionalL2(directions, cfg.sites, weight=cfg.lam, one_sided=cfg.one_sided, on=on)
+                DirectionalL2(
+                    directions,
+                    cfg.sites,
+                    weight=cfg.lam,
+                    one_sided=cfg.one_sided,
+                    on=on,
+                    normalize=cfg.normalize,
+                )
             )
         elif r == "steer":
             terms.append(Steer(directions, cfg.sites, alpha=cfg.alpha))
