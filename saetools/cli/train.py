@@ -62,6 +62,13 @@ def register(sub) -> None:
     p.add_argument(
         "--one-sided", action="store_true", help="penalise only shifts toward +direction"
     )
+    p.add_argument(
+        "--lam-warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="λ warm-up: loss terms' weights rise linearly over the first N steps (0: off)",
+    )
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (all attention + MLP)")
     p.add_argument("--full", action="store_true", help="full fine-tune (frozen copy as reference)")
     p.add_argument("--steps", type=int, default=100)
@@ -144,6 +151,7 @@ def config_from_args(args):
         max_length=args.max_length,
         force=args.force,
         data_options=format_options(args) or None,
+        lam_warmup=args.lam_warmup,
     )
     return cfg
 

@@ -41,7 +41,7 @@ from .checkpoints import (
     save_checkpoint,
     write_json_atomic,
 )
-from .config import TrainConfig, build_terms
+from .config import TrainConfig, build_terms, lam_scale
 from .data import (
     anchor_batches,
     anchor_examples,
@@ -139,6 +139,7 @@ class _Run:
     test_batches: list[dict]
     base_contrast: torch.Tensor | None = None  # per-pair contrast of the model before training
     rows: list[dict] = field(default_factory=list)
+    base_weights: dict[str, float] = field(default_factory=dict)  # loss terms' weights (warm-up)
 
     @property
     def metrics_path(self) -> Path:
@@ -160,9 +161,11 @@ def _prepare(cfg, out: Path, model, tokenizer, terms: list, full: bool, exs: _Ex
     reg = RegularizedLoss(model, terms, None, anchor=anchor, force=cfg.force)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return _Run(
+    run = _Run(
         cfg, out, model, tokenizer, reg, optimizer, full, enc_train, pad, exs.pairs, test_batches
     )
+    run.base_weights = {t.name: float(t.weight) for t in terms if hasattr(t, "weight")}
+    return run
 
 
 def _resume(run: _Run, start: int) -> None:
@@ -209,6 +212,7 @@ def _optimizer_step(run: _Run, step: int) -> dict[str, float]:
     """One update from ``grad_accum`` micro-batches, each weighted by its share of the step's loss
     tokens; the logs are token-weighted means (``n_tokens`` a sum)."""
     cfg = run.cfg
+    scale = _warm_up(run, step)
     idx = batches_for_step(len(run.train), step, cfg.batch_size, cfg.seed)
     micro = [idx[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
     micro = [m for m in micro if m]
@@ -225,7 +229,20 @@ def _optimizer_step(run: _Run, step: int) -> dict[str, float]:
             else:
                 logs[k] = logs.get(k, 0.0) + v * o.n_tokens / max(total, 1)
     run.optimizer.step()
+    if cfg.lam_warmup:
+        logs["lam_scale"] = scale
     return logs
+
+
+def _warm_up(run: _Run, step: int) -> float:
+    """Set every loss term's weight to its configured value times :func:`~.config.lam_scale` at
+    ``step`` (the λ warm-up; weights are left as configured without one); returns the factor."""
+    scale = lam_scale(step, run.cfg.lam_warmup)
+    if run.cfg.lam_warmup:
+        for term in run.reg.terms:
+            if term.name in run.base_weights:
+                term.weight = run.base_weights[term.name] * scale
+    return scale
 
 
 def _steps(run: _Run, start: int, end: int, *, progress: bool, on_step) -> dict:
