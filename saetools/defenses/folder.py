@@ -22,7 +22,7 @@ def load_config(out: str | os.PathLike) -> BenchmarkConfig:
     d = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(BenchmarkConfig)}
     d = {k: v for k, v in d.items() if k in names}
-    for k in ("methods", "seeds", "tasks", "sources", "site_modes"):
+    for k in ("methods", "seeds", "tasks", "sources", "site_modes", "variants"):
         if k in d:
             d[k] = tuple(d[k])
     d["strengths"] = {m: tuple(v) for m, v in d.get("strengths", {}).items()}
