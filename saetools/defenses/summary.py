@@ -139,7 +139,11 @@ def _summary_row(arm: tuple, runs: ArmRuns, steps: Mapping[int, list[float]]) ->
         row["per_seed"][key] = vals
         row[key], row[key + "_se"] = _mean_se(list(vals.values()))
     for key in CI_METRICS:
-        row[key + "_ci"] = t_interval(row["per_seed"][key].values())
+        # none's reductions are 0 by definition: no interval
+        none_reduction = arm[0] == "none" and key.startswith("reduction")
+        row[key + "_ci"] = (
+            (None, None) if none_reduction else t_interval(row["per_seed"][key].values())
+        )
     if len(row["per_seed"]["benign_accuracy"]) == 1:
         row["benign_accuracy_ci"] = _single_run_wilson(runs.benign)
     per_q = _paired_per_question(runs.narrow, runs.none)
