@@ -6,6 +6,10 @@
 # `test` also builds llama-cpp-python once (it compiles llama.cpp, ~10 minutes on 2 cores; pip keeps
 # the wheel in its cache) for the llama.cpp steering check. SAETOOLS_SKIP_LLAMACPP=1 skips that
 # build for quick local runs; the check is then skipped instead of failing.
+# Setup also installs Debian's chromium where apt-get works (as root or with sudo), for figures
+# exported as PNG/SVG/PDF (kaleido) and the browser test of the reports; SAETOOLS_SKIP_CHROME=1
+# skips that. Without it those tests are skipped; with it run.sh sets BROWSER_PATH (kaleido's
+# browser) and SAETOOLS_REQUIRE_CHROME=1 (the tests then fail instead of skipping).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${SAETOOLS_VENV:-.venv}"
@@ -29,6 +33,48 @@ setup() {
     echo "$want" > "$stamp"
   fi
   python -c "from saetools.models import default_model_dir; print('embedded model:', default_model_dir())"
+  setup_chromium
+}
+
+# A Chrome for kaleido (figure export) and the browser test: Debian's chromium package, a plain
+# binary from the package registry (kaleido's own browser download is never used). Idempotent:
+# nothing is installed when one is found. Never fails the setup.
+setup_chromium() {
+  if [ "${SAETOOLS_SKIP_CHROME:-0}" = 1 ]; then
+    return 0
+  fi
+  local chrome="${BROWSER_PATH:-}" sudo=""
+  if [ -z "$chrome" ]; then
+    chrome="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
+  fi
+  if [ -z "$chrome" ]; then
+    if ! command -v apt-get > /dev/null 2>&1; then
+      echo "run.sh: no apt-get here: install Chrome or Chromium (or set BROWSER_PATH) to export figures as images; the tests that need it are skipped" >&2
+      return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo > /dev/null 2>&1 && sudo -n true 2> /dev/null; then
+        sudo="sudo -n"
+      else
+        echo "run.sh: not root and no password-less sudo: not installing chromium; the tests that need it are skipped" >&2
+        return 0
+      fi
+    fi
+    echo "run.sh: installing Debian's chromium (apt-get; for figure images and the browser test)" >&2
+    if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null 2>&1 \
+      || { $sudo apt-get update -q > /dev/null 2>&1 \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null 2>&1; }; then
+      chrome="$(command -v chromium || true)"
+    else
+      echo "run.sh: apt-get install chromium failed; the tests that need a browser are skipped" >&2
+    fi
+  fi
+  if [ -n "$chrome" ] && [ -x "$chrome" ]; then
+    export BROWSER_PATH="$chrome" SAETOOLS_REQUIRE_CHROME=1
+  elif [ -n "$chrome" ]; then
+    echo "run.sh: BROWSER_PATH=$chrome is not an executable; the tests that need a browser are skipped" >&2
+  fi
+  return 0
 }
 
 # llama.cpp's version and build flags: portable CPU code (GGML_NATIVE=OFF; a native build died with

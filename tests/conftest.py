@@ -222,3 +222,28 @@ def _threads_for_real_model(request):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_quick(tmp_path_factory):
+    """``saetools demo --quick``, run once per session and shared (it is slow): ``out`` (the
+    folder), ``rc`` (exit code) and ``printed`` (its stdout). test_demo checks what it wrote;
+    test_report_pages opens its pages in Chromium. Uses every core, as embedded tests do."""
+    import contextlib
+    import io
+    import types
+
+    from saetools.cli import main
+
+    out = tmp_path_factory.mktemp("demo-quick") / "demo"
+    buf = io.StringIO()
+    before = torch.get_num_threads()
+    torch.set_num_threads(
+        int(os.environ.get("SAETOOLS_EMBEDDED_THREADS", str(os.cpu_count() or 1)))
+    )
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = main(["demo", "--quick", "--out", str(out)])
+    finally:
+        torch.set_num_threads(before)
+    return types.SimpleNamespace(out=out, rc=rc, printed=buf.getvalue())

@@ -13,9 +13,9 @@ from saetools.cli import main
 pytestmark = pytest.mark.embedded
 
 
-def test_demo_quick_writes_report_folder(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+def test_demo_quick_writes_report_folder(demo_quick):
+    out = demo_quick.out  # the run is shared with test_report_pages (conftest.demo_quick)
+    assert demo_quick.rc == 0
     summary = json.loads((out / "summary.json").read_text())
     ex = summary["steps"]["extract"]
     assert (out / ex["direction_file"]).is_file() and (out / ex["layer_report"]).is_file()
@@ -56,7 +56,7 @@ def test_demo_quick_writes_report_folder(tmp_path, capsys):
         assert must in links
     for link in links:
         assert (out / link).is_file(), link
-    printed = capsys.readouterr().out
+    printed = demo_quick.printed
     assert "best site" in printed and str(index) in printed
 
 

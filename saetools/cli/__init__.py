@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from .. import __version__
-from .common import ArgumentParser
+from .common import ArgumentParser, figure_export
 
 # Modules that define ``register(subparsers)``; each subcommand sets ``func`` to run it.
 _COMMAND_MODULES = (
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with figure_export(args):  # --figure-formats: figures also as PNG/SVG/PDF
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("saetools: interrupted", file=sys.stderr)
         return 130

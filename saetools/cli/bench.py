@@ -21,7 +21,7 @@ from ..defenses import (
     run_benchmark,
     write_report,
 )
-from .common import positive_float32, seed
+from .common import add_figure_options, positive_float32, seed
 
 
 def register(sub) -> None:
@@ -46,6 +46,7 @@ def register(sub) -> None:
     )
     add_arguments(d)
     d.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_figure_options(d)
     d.set_defaults(func=_run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from pathlib import Path
 
@@ -143,3 +144,36 @@ def check_output_path(path: str | None, what: str = "output") -> Path | None:
     if p.is_dir():
         raise FileNotFoundError(f"cannot write {what} {p}: it is a folder")
     return p
+
+
+def add_figure_options(p: argparse.ArgumentParser) -> None:
+    """``--figure-formats``, for every command that writes plotly figures (HTML)."""
+    p.add_argument(
+        "--figure-formats",
+        type=_figure_formats,
+        default=(),
+        metavar="LIST",
+        help="also write every figure as images next to its HTML (report.html -> report.png ...): "
+        "a comma list of png, svg, pdf. Needs a Chrome or Chromium ($BROWSER_PATH or chromium on "
+        "PATH; run.sh installs Debian's). Default: HTML only",
+    )
+
+
+def _figure_formats(text: str) -> tuple[str, ...]:
+    from ..plots import parse_figure_formats
+
+    try:
+        return parse_figure_formats(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def figure_export(args) -> contextlib.AbstractContextManager:
+    """The block in which a command runs: its figures are also written in ``--figure-formats``
+    (nothing for commands without the option). Fails at once when no Chrome is found."""
+    formats = getattr(args, "figure_formats", ())
+    if not formats:
+        return contextlib.nullcontext(())
+    from ..plots import figure_formats
+
+    return figure_formats(formats)

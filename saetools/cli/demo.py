@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_figure_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -41,6 +43,7 @@ def register(sub) -> None:
         help="environment variable holding the judge's API key",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 

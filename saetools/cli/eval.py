@@ -6,7 +6,13 @@ import argparse
 import os
 import sys
 
-from .common import add_model_options, load_model_from_args, nonnegative_float32, seed
+from .common import (
+    add_figure_options,
+    add_model_options,
+    load_model_from_args,
+    nonnegative_float32,
+    seed,
+)
 from .data_options import add_format_options, load_set
 
 
@@ -105,6 +111,7 @@ def register(sub) -> None:
     _add_data_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_figure_options(p)
     p.set_defaults(func=run_eval)
 
 

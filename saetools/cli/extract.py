@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_model_options, check_output_path, load_model_from_args
+from .common import (
+    add_figure_options,
+    add_model_options,
+    check_output_path,
+    load_model_from_args,
+)
 from .data_options import add_format_options, load_set
 
 
@@ -90,6 +95,7 @@ def register(sub) -> None:
         "--report", default=None, help="optional HTML file: separation and norm by layer"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 

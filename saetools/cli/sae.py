@@ -9,6 +9,7 @@ import time
 import warnings
 
 from .common import (
+    add_figure_options,
     add_model_options,
     check_output_path,
     load_model_from_args,
@@ -105,6 +106,7 @@ def register(sub) -> None:
     lat.add_argument("--out", default=None, help="HTML report of the top latents")
     lat.add_argument("--json", default=None, metavar="FILE", help="JSON of the top latents")
     lat.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_figure_options(lat)
     lat.set_defaults(func=run_latents)
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_model_options, load_model_from_args
+from .common import add_figure_options, add_model_options, load_model_from_args
 
 
 def register(sub) -> None:
@@ -42,6 +42,7 @@ def register(sub) -> None:
     a.add_argument("--out", required=True, metavar="DIR")
     a.add_argument("--threads", type=int, default=None, help="torch threads")
     a.add_argument("--quiet", action="store_true")
+    add_figure_options(a)
     a.set_defaults(func=run_projection)
 
     b = ss.add_parser(
@@ -72,6 +73,7 @@ def register(sub) -> None:
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_figure_options(b)
     b.set_defaults(func=run_interleave)
 
 

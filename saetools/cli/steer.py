@@ -8,6 +8,7 @@ import json
 import sys
 
 from .common import (
+    add_figure_options,
     add_model_options,
     check_output_path,
     load_model_from_args,
@@ -193,6 +194,7 @@ def _register_sweep(sub) -> None:
         help="embed plotly.js in the HTML (works offline) or load it from a CDN (small file)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_figure_options(s)
     s.set_defaults(func=run_sweep)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import add_model_options, finite_float32, positive_float32, seed
+from .common import (
+    add_figure_options,
+    add_model_options,
+    finite_float32,
+    positive_float32,
+    seed,
+)
 from .data_options import add_format_options, format_options
 
 
@@ -106,6 +112,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_figure_options(p)
     p.set_defaults(func=run)
 
 
