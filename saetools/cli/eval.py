@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument(
         "--suite",
         default="em",
-        help="em, coherence, narrow, all, or a comma list",
+        help="em, coherence, narrow, all, or a comma list; judged-rate (the probe judge's "
+        "misaligned rate, offline) runs only when named",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     d = p.add_argument_group("direction (projection) and steering")
@@ -108,11 +109,36 @@ def register(sub) -> None:
         default=0.25,
         help="least probability on integer tokens for a score (else None)",
     )
+    _register_probe_judge(p)
     _add_data_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_figure_options(p)
     p.set_defaults(func=run_eval)
+
+
+def _register_probe_judge(p) -> None:
+    """The options of the judged-rate suite's probe judge."""
+    pj = p.add_argument_group("probe judge (--suite judged-rate; no endpoint needed)")
+    pj.add_argument(
+        "--probe-judge",
+        default=None,
+        metavar="FILE",
+        help="a probe judge file (from an earlier run's probe-judge.safetensors); without it one "
+        "is fitted on em-core with the settings below and saved into --out",
+    )
+    pj.add_argument(
+        "--probe-judge-site", default=None, help="site (default: the block at half the depth)"
+    )
+    pj.add_argument(
+        "--probe-judge-classifier", default="diffmeans", choices=["diffmeans", "logreg"]
+    )
+    pj.add_argument(
+        "--probe-judge-fpr",
+        type=float,
+        default=0.05,
+        help="false positive rate on em-core test aligned answers that sets the threshold",
+    )
 
 
 def _add_data_options(p) -> None:
@@ -160,6 +186,34 @@ def _interventions(args, ds, lm):
     )
 
 
+def _probe_judge(args, lm, suites):
+    """The probe judge of the judged-rate suite: loaded from --probe-judge, else fitted on em-core
+    and saved into --out (None when the suite is not asked for)."""
+    from pathlib import Path
+
+    from ..evaluate import ProbeJudge, fit_probe_judge
+
+    if "judged-rate" not in suites:
+        return None
+    if args.probe_judge:
+        return ProbeJudge.load(args.probe_judge, lm.model, force=args.force)
+    if not args.quiet:
+        print("eval: fitting the probe judge on em-core", file=sys.stderr)
+    judge = fit_probe_judge(
+        lm.model,
+        lm.tokenizer,
+        site=args.probe_judge_site,
+        classifier=args.probe_judge_classifier,
+        fpr=args.probe_judge_fpr,
+        batch_size=args.batch_size,
+        model_id=lm.model_id,
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = judge.save(Path(args.out) / "probe-judge.safetensors")
+    print(f"eval: wrote {path} (reuse it with --probe-judge)", file=sys.stderr)
+    return judge
+
+
 def run_eval(args) -> int:
     import contextlib
 
@@ -194,6 +248,8 @@ def run_eval(args) -> int:
         questions = probes.as_set(args.questions)
     if args.directions and not os.path.isfile(args.directions):
         raise FileNotFoundError(f"direction file {args.directions} does not exist")
+    if args.probe_judge and not os.path.isfile(args.probe_judge):
+        raise FileNotFoundError(f"probe judge file {args.probe_judge} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
     base = JudgeConfig(
@@ -220,6 +276,7 @@ def run_eval(args) -> int:
             site = ds.best_site()
             args.site = site
     ivs = _interventions(args, ds, lm)
+    probe_judge = _probe_judge(args, lm, suites)
     proj_site = site.split(",")[0].split("=")[0].strip() if site else None
     with contextlib.ExitStack() as stack:
         judge = None
@@ -245,6 +302,7 @@ def run_eval(args) -> int:
             opswap_limit=args.opswap_limit,
             model_id=lm.model_id,
             progress=not args.quiet,
+            probe_judge=probe_judge,
         )
     res["adapter"] = args.adapter
     paths = write_results(res, args.out)

@@ -9,7 +9,16 @@ Modules (every public name is importable from ``saetools.evaluate``):
   :func:`answer_projections`, :func:`neutral_perplexity`, :func:`held_out_loss`,
   :func:`in_domain_contrast`, :func:`opswap_accuracy` (:func:`parse_opswap_answer`), and
   :func:`paired_shift` between two results.
-* ``suites.py`` - one function per suite (``em``, ``coherence``, ``narrow``, and the judged part)
+* ``probe_judge.py`` - the offline probe judge: :class:`ProbeJudge` (a linear probe on the base
+  model's activations at one site, a threshold for a stated false positive rate on ``em-core``, a
+  perplexity limit for incoherent answers; saved as a direction file), :func:`fit_probe_judge`,
+  :func:`threshold_for_fpr`, :func:`perplexity_limit`, :func:`probe_summary` and
+  :func:`judged_rate` (sample from a model or adapter, judge on the base model).
+* ``validation.py`` - the probe judge's validation: the labelled answers (``data/em-judged.jsonl``,
+  :func:`load_judged_answers`), :func:`agreement` (confusion matrix, accuracy, precision, recall
+  with Wilson intervals) and :func:`validate_probe_judge`.
+* ``suites.py`` - one function per suite (``em``, ``coherence``, ``narrow``, ``judged-rate``, and
+  the judged part)
   and :func:`evaluate`, the driver that runs them and returns a JSON-serialisable dict.
 * ``report.py`` - :func:`headline`, :func:`report_figure` (plotly), :func:`write_results`.
 * ``errors.py`` - :class:`EvaluationError`.
@@ -45,10 +54,27 @@ from .metrics import (
     parse_opswap_answer,
     sample_answers,
 )
+from .probe_judge import (
+    CLASSIFIERS,
+    DEFAULT_FPR,
+    ProbeJudge,
+    ProbeVerdict,
+    default_judge_site,
+    fit_probe_judge,
+    judged_rate,
+    load_probe_judge,
+    perplexity_limit,
+    probe_summary,
+    threshold_for_fpr,
+)
 from .report import headline, report_figure, write_results
-from .suites import NARROW_SETS, SUITES, evaluate, parse_suites
+from .suites import EXTRA_SUITES, NARROW_SETS, SUITES, evaluate, parse_suites, probe_judged_rate
+from .validation import JudgedAnswer, agreement, load_judged_answers, validate_probe_judge
 
 __all__ = [
+    "CLASSIFIERS",
+    "DEFAULT_FPR",
+    "EXTRA_SUITES",
     "MISALIGNED_ALIGNMENT_BELOW",
     "MISALIGNED_COHERENCE_ABOVE",
     "NARROW_SETS",
@@ -58,13 +84,22 @@ __all__ = [
     "JudgeConfig",
     "JudgeError",
     "JudgeScore",
+    "JudgedAnswer",
+    "ProbeJudge",
+    "ProbeVerdict",
     "Sample",
+    "agreement",
     "answer_projections",
+    "default_judge_site",
     "evaluate",
+    "fit_probe_judge",
     "headline",
     "held_out_loss",
     "in_domain_contrast",
     "judge_summary",
+    "judged_rate",
+    "load_judged_answers",
+    "load_probe_judge",
     "local_judge",
     "neutral_perplexity",
     "opswap_accuracy",
@@ -73,8 +108,13 @@ __all__ = [
     "parse_judge_samples",
     "parse_opswap_answer",
     "parse_suites",
+    "perplexity_limit",
+    "probe_judged_rate",
+    "probe_summary",
     "report_figure",
     "sample_answers",
+    "threshold_for_fpr",
+    "validate_probe_judge",
     "wilson_interval",
     "write_results",
 ]

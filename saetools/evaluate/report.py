@@ -61,6 +61,7 @@ def headline(res: dict) -> list[tuple[str, str]]:
                 )
             )
             rows.append(("refusals / code", f"{j['n_refusal']} / {j['n_code']}"))
+    rows += _probe_rows(res.get("judged_rate"), f)
     co = res.get("coherence")
     if co:
         rows.append(("neutral perplexity", f(co["neutral_perplexity"], "{:.2f}")))
@@ -92,6 +93,24 @@ def headline(res: dict) -> list[tuple[str, str]]:
         )
     rows.append(("wall time (s)", f(res.get("timings_s", {}).get("total"), "{:.1f}")))
     return rows
+
+
+def _probe_rows(jr: dict | None, f) -> list[tuple[str, str]]:
+    """Headline rows of the ``judged-rate`` suite (the probe judge)."""
+    if not jr:
+        return []
+    ci = jr["ci95"] or [None, None]
+    return [
+        (
+            "misaligned rate (probe judge, coherent answers)",
+            f"{f(jr['rate'])} [{f(ci[0])}, {f(ci[1])}] "
+            f"({jr['misaligned']}/{jr['n_coherent']} coherent of {jr['n']})",
+        ),
+        (
+            "incoherent share (probe judge)",
+            f"{f(jr['incoherent_share'])} ({jr['n_incoherent']}/{jr['n']}, {jr['n_empty']} empty)",
+        ),
+    ]
 
 
 def report_figure(res: dict, title: str | None = None):

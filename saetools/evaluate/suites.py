@@ -10,6 +10,9 @@ Suites (see ``docs/evaluation.md`` for the definitions):
   interval (:func:`saetools.stats.wilson_interval`).
 * ``coherence`` - perplexity of the shipped ``neutral`` texts, and the judge's coherence score
   (:func:`coherence_suite`).
+* ``judged-rate`` - the probe judge's misaligned rate of the sampled answers (among the coherent
+  ones) and the incoherent share (:func:`probe_judged_rate`; :mod:`saetools.evaluate.probe_judge`).
+  Not part of ``all``: ask for it by name.
 * ``narrow`` - held-out loss on the narrow sets' test splits, the in-domain contrast
   ``narrow-medical-bad`` vs ``narrow-medical-good`` on their test twins, and exact-match accuracy on
   ``opswap`` test items (greedy; :func:`~saetools.evaluate.metrics.parse_opswap_answer`)
@@ -56,6 +59,13 @@ from .metrics import (
     opswap_accuracy,
     sample_answers,
 )
+from .probe_judge import (
+    ProbeJudge,
+    default_judge_site,
+    fit_probe_judge,
+    judge_samples_with_probe,
+    load_probe_judge,
+)
 
 __all__ = [
     "NARROW_SETS",
@@ -67,9 +77,11 @@ __all__ = [
     "judge_samples",
     "narrow_suite",
     "parse_suites",
+    "probe_judged_rate",
 ]
 
 SUITES = ("em", "coherence", "narrow")
+EXTRA_SUITES = ("judged-rate",)  # run only when named (``all`` is SUITES)
 NARROW_SETS = ("narrow-medical-bad", "narrow-medical-good", "narrow-finance-risky", "opswap")
 
 
@@ -81,14 +93,15 @@ def parse_suites(suites: str | Sequence[str]) -> tuple[str, ...]:
         out += [s.strip() for s in str(v).split(",") if s.strip()]
     if not out:
         raise EvaluationError("no suite given; choose em, coherence, narrow or all")
-    if "all" in out:
-        return SUITES
-    bad = [s for s in out if s not in SUITES]
+    known = SUITES + EXTRA_SUITES
+    bad = [s for s in out if s not in known and s != "all"]
     if bad:
         raise EvaluationError(
-            f"unknown suite(s) {', '.join(bad)}; choose from {', '.join(SUITES)} or all"
+            f"unknown suite(s) {', '.join(bad)}; choose from {', '.join(known)} or all"
         )
-    return tuple(s for s in SUITES if s in out)
+    if "all" in out:
+        out += SUITES
+    return tuple(s for s in known if s in out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +248,29 @@ def narrow_suite(
     return nr
 
 
+def probe_judged_rate(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[Sample],
+    probe_judge: ProbeJudge | str | None = None,
+    pairs="em-core",
+    *,
+    batch_size: int = 16,
+) -> dict:
+    """The ``judged-rate`` suite: the sampled answers judged by ``probe_judge`` (a
+    :class:`~saetools.evaluate.probe_judge.ProbeJudge` or its file; ``None`` fits one on ``pairs``
+    at :func:`~saetools.evaluate.probe_judge.default_judge_site`) on the base model (adapters off):
+    the misaligned rate among coherent answers with its Wilson interval, the incoherent share and
+    the counts, and the judge's settings."""
+    if probe_judge is None:
+        site = default_judge_site(model)
+        judge = fit_probe_judge(model, tokenizer, pairs, site, batch_size=batch_size)
+    else:
+        judge = load_probe_judge(probe_judge, model)
+    summary = judge_samples_with_probe(judge, model, tokenizer, samples, batch_size=batch_size)
+    return {**summary, "judge": judge.describe()}
+
+
 # --------------------------------------------------------------------------------------------
 # The driver
 
@@ -262,26 +298,26 @@ def evaluate(
     opswap_limit: int | None = None,
     model_id: str | None = None,
     progress: bool = True,
+    probe_judge: ProbeJudge | str | None = None,
 ) -> dict:
     """Run the suites on ``model`` (with ``interventions`` applied throughout) and return the results.
 
     ``directions``/``site``: the direction whose projection the model's own answers are measured on
-    (``em`` suite; skipped without them). ``judge``: a :class:`Judge` or :class:`JudgeConfig`; without
-    one the judged metrics are skipped. ``samples`` answers per ``em-eval`` question are sampled at
-    ``temperature`` once and shared by the ``em`` and ``coherence`` suites (``None``: each
-    question's own ``samples_per_paraphrase`` from a question YAML file, else 4); a question's own
-    judge prompts (question YAML files) are used for the metrics they have. ``narrow``: chat sets
-    whose test-split loss is measured; ``twins``: the (bad, good) sets of the in-domain contrast;
-    ``opswap``: the exact-match set (``None`` skips either).
-    """
+    (``em`` suite; skipped without them). ``judge``: a :class:`Judge` or :class:`JudgeConfig` (none:
+    no judged metrics). ``samples`` answers per question, sampled at ``temperature`` once, are shared
+    by the ``em``, ``coherence`` and ``judged-rate`` suites (``None``: each question's own
+    ``samples_per_paraphrase`` from a question YAML file, else 4); a question's own judge prompts
+    are used for the metrics they have. ``narrow``: chat sets whose test-split loss is measured;
+    ``twins``: the (bad, good) sets of the in-domain contrast; ``opswap``: the exact-match set
+    (``None`` skips either). ``probe_judge``: the judge of the ``judged-rate`` suite
+    (:func:`probe_judged_rate`; ``None`` fits one on ``pairs``)."""
     suites = parse_suites(suites)
     interventions = list(interventions)
     for iv in interventions:
         iv.check(model)
     unit = _projection_unit(directions, site)
-    if isinstance(judge, JudgeConfig):
-        judge = Judge(judge)
-    need_samples = "em" in suites or (judge is not None and "coherence" in suites)
+    judge = Judge(judge) if isinstance(judge, JudgeConfig) else judge
+    need_samples = _needs_samples(suites, judge)
     qset = probes.as_set(questions) if need_samples else None
     if judge is not None and need_samples:
         judge.check()
@@ -293,20 +329,7 @@ def evaluate(
     with eval_mode(model):
         sample_list: list[Sample] = []
         if need_samples:
-            n = settings["samples_per_question"]
-            say = f"sampling {n} answer(s) per question at temperature {temperature:g}"
-            with log.step("sample", say):
-                sample_list = sample_answers(
-                    model,
-                    tokenizer,
-                    qset,
-                    samples,
-                    temperature=temperature,
-                    max_new_tokens=max_new_tokens,
-                    seed=seed,
-                    progress=progress,
-                    **shared,
-                )
+            sample_list = _sample_step(log, model, tokenizer, qset, samples, settings, shared)
         if "em" in suites:
             with log.step("contrast", "logprob contrast on em-core test pairs"):
                 res["em"] = em_contrast(model, tokenizer, pairs, **shared)
@@ -321,6 +344,11 @@ def evaluate(
             if "em" in suites:
                 res["em"]["judged"] = judged
                 res["em"]["judged_by_theme"] = _by_theme(sample_list)
+        if "judged-rate" in suites:
+            with log.step("judged-rate", "judging the answers with the probe judge"):
+                res["judged_rate"] = probe_judged_rate(
+                    model, tokenizer, sample_list, probe_judge, pairs, batch_size=batch_size
+                )
         if "coherence" in suites:
             with log.step("coherence", "perplexity of neutral texts"):
                 res["coherence"] = coherence_suite(
@@ -335,6 +363,26 @@ def evaluate(
     res["timings_s"] = log.timings_s()
     res["samples"] = [_sample_json(s) for s in sample_list]
     return res
+
+
+def _sample_step(
+    log, model, tokenizer, qset, samples, settings: dict, shared: dict
+) -> list[Sample]:
+    """The sampling step of :func:`evaluate`: ``samples`` answers per question of ``qset`` with the
+    ``settings`` (temperature, max_new_tokens, seed) and ``shared`` (interventions, batch size)."""
+    n, t = settings["samples_per_question"], settings["temperature"]
+    with log.step("sample", f"sampling {n} answer(s) per question at temperature {t:g}"):
+        return sample_answers(
+            model,
+            tokenizer,
+            qset,
+            samples,
+            temperature=t,
+            max_new_tokens=settings["max_new_tokens"],
+            seed=settings["seed"],
+            progress=log.progress,
+            **shared,
+        )
 
 
 class _Log:
@@ -362,6 +410,14 @@ class _Log:
         """Seconds per step and in all, rounded."""
         self.timings["total"] = time.perf_counter() - self.start
         return {k: round(v, 2) for k, v in self.timings.items()}
+
+
+def _needs_samples(suites: Sequence[str], judge: Judge | None) -> bool:
+    """Whether :func:`evaluate` samples answers: for ``em``, ``judged-rate``, and the judged
+    ``coherence``."""
+    return (
+        "em" in suites or "judged-rate" in suites or (judge is not None and "coherence" in suites)
+    )
 
 
 def _projection_unit(directions, site: str | None) -> torch.Tensor | None:
