@@ -1,6 +1,7 @@
 """The report of a benchmark folder: ``table.md`` (:mod:`.table`) and the Pareto figure
-``defenses.html`` (general-shift reduction against the benign task's accuracy and the tasks'
-held-out losses), written after every call, or
+``defenses.html`` (general-shift reduction against the benign task's accuracy with its 95%
+interval, the judged misaligned-answer rate and the tasks' held-out losses), written after every
+call, or
 from every finished run in the folder by :func:`write_report` (``--report-only``)."""
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from .summary import summarize
 from .table import data_names, method_label, table_markdown
 
 # The panels of the figure: (y: summary key, panel title, x: summary key). Titles may name the data
-# sets ({benign}, {pairs}, {transfer}: table.data_names).
+# sets ({benign}, {pairs}, {transfer}: table.data_names). The first is the Pareto front: the benign
+# task's accuracy against the reduction of the general shift.
 PARETO_PANELS = (
     ("benign_accuracy", "{benign} exact-match accuracy", "reduction_pct"),
+    ("judged_rate", "misaligned-answer rate (probe judge)", "reduction_pct"),
     ("narrow_loss", "narrow held-out loss (lower: learned)", "reduction_pct"),
     ("benign_loss", "{benign} held-out loss (lower: learned)", "reduction_pct"),
     (
@@ -31,6 +34,12 @@ _X_TITLES = {
     "reduction_pct": "general-shift reduction on {pairs} vs none (%)",
     "reduction_transfer_pct": "general-shift reduction on {transfer} vs none (%)",
 }
+_Y_TITLES = {
+    "benign_accuracy": "{benign} accuracy",
+    "judged_rate": "misaligned / coherent answers",
+    "narrow_loss": "held-out loss",
+    "benign_loss": "held-out loss",
+}
 
 
 def _trace_name(r) -> str:
@@ -38,12 +47,32 @@ def _trace_name(r) -> str:
     return name if r["source"] == "-" else f"{name} ({r['source']} @ {r['sites']})"
 
 
+def error_bars(rows: Sequence[dict], key: str) -> dict:
+    """Plotly error bars of summary field ``key`` for ``rows``: its 95% interval ``key_ci`` where
+    the summary has one (asymmetric: interval minus mean; the benign accuracy's t interval over
+    seeds or Wilson interval of one run, the reductions' t interval, the judged rate's Wilson
+    interval), else ± its standard error ``key_se``; 0 where neither is known."""
+    plus, minus = [], []
+    for r in rows:
+        m, ci = r.get(key), r.get(key + "_ci")
+        if m is not None and ci is not None and ci[0] is not None and ci[1] is not None:
+            plus.append(max(ci[1] - m, 0.0))
+            minus.append(max(m - ci[0], 0.0))
+        else:
+            se = r.get(key + "_se") or 0.0
+            plus.append(se)
+            minus.append(se)
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus)
+
+
 def pareto_figure(table: Sequence[dict], names: dict[str, str] | None = None):
-    """General-shift reduction (x) against the benign task's exact-match accuracy and held-out
-    loss and the narrow task's held-out loss, one panel each (:data:`PARETO_PANELS`), plus the
-    benign accuracy against the reduction on the transfer pairs: one trace per method, direction
-    variant and term variant, its strengths as labelled points, error bars ± one standard error.
-    ``names``: the data sets' names for the titles (:func:`~.table.data_names`)."""
+    """The Pareto figure: general-shift reduction (x) against the benign task's exact-match
+    accuracy (the first panel), the probe judge's misaligned-answer rate, the narrow and benign
+    held-out losses, and the benign accuracy against the reduction on the transfer pairs
+    (:data:`PARETO_PANELS`): one trace per method, direction variant and term variant, its
+    strengths as labelled points; error bars are 95% intervals where the summary has them
+    (:func:`error_bars`), else ± one standard error. ``names``: the data sets' names for the titles
+    (:func:`~.table.data_names`)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -52,7 +81,7 @@ def pareto_figure(table: Sequence[dict], names: dict[str, str] | None = None):
         rows=1,
         cols=len(PARETO_PANELS),
         subplot_titles=[title.format(**names) for _, title, _ in PARETO_PANELS],
-        horizontal_spacing=0.05,
+        horizontal_spacing=0.04,
     )
     groups: dict[str, list[dict]] = {}
     for r in table:
@@ -69,8 +98,8 @@ def pareto_figure(table: Sequence[dict], names: dict[str, str] | None = None):
                 go.Scatter(
                     x=[r.get(xkey) for r in rs],
                     y=[r.get(key) for r in rs],
-                    error_x=dict(type="data", array=[r.get(xkey + "_se") or 0 for r in rs]),
-                    error_y=dict(type="data", array=[r.get(key + "_se") or 0 for r in rs]),
+                    error_x=error_bars(rs, xkey),
+                    error_y=error_bars(rs, key),
                     text=[f"{r['strength']:g}" for r in rs],
                     mode="lines+markers+text",
                     textposition="top center",
@@ -84,11 +113,13 @@ def pareto_figure(table: Sequence[dict], names: dict[str, str] | None = None):
                 col=col,
             )
             fig.update_xaxes(title_text=_X_TITLES[xkey].format(**names), row=1, col=col)
+            fig.update_yaxes(title_text=_Y_TITLES[key].format(**names), row=1, col=col)
     fig.update_layout(
-        title="Defenses: reduction of the general shift against task learning "
-        "(mean ± se over seeds; labels: strength)",
+        title="Defenses: reduction of the general shift against the benign task's accuracy "
+        "(mean over seeds; error bars 95% intervals: t over seeds, Wilson over items or answers; "
+        "labels: strength)",
         height=640,
-        width=2200,
+        width=2700,
     )
     return fig
 
