@@ -128,6 +128,7 @@ def _cfg(data, **kw):
         max_length=48,
         dir_steps=1,
         benign_examples=2,
+        judged_rate=False,  # on in test_defense_variants' judged-rate test only (time)
         **data,
     )
     base.update(kw)
@@ -192,6 +193,9 @@ def test_runs_every_method_writes_outputs_and_resumes(tmp_path, data):
             assert r["source"] == "modeldiff"
     # the training actually moved the weights: the general shift is not zero at the end
     assert any(abs(r["shift"]) > 0 for r in finals if r["task"] == "narrow")
+    # the judged rate switched off: no judge fitted, no answers sampled
+    assert not (out / "probe-judge.safetensors").exists()
+    assert not any("judged_rate" in r for r in finals)
 
     # table.md: one row per method, numbers recomputed here from results.jsonl
     text = (out / "table.md").read_text()
@@ -335,6 +339,20 @@ def test_bad_input_gives_clear_errors(tmp_path, data):
 
     rc = main(["bench", "defenses", "--out", str(tmp_path / "f"), "--methods", "none,nope"])
     assert rc == 1
+    # the judged rate's settings
+    with pytest.raises(BenchmarkError, match="judge_samples must be >= 1"):
+        _cfg(data, judge_samples=0).validate()
+    with pytest.raises(BenchmarkError, match="probe judge file .*nope.st does not exist"):
+        _cfg(data, probe_judge=str(tmp_path / "nope.st")).validate()
+    import argparse
+
+    from saetools.cli.bench import add_arguments, config_from_args
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    on = config_from_args(ap.parse_args(["--out", "x", "--judge-samples", "3"]))
+    assert on.judged_rate and on.judge_samples == 3 and on.judge_questions == "em-eval"
+    assert not config_from_args(ap.parse_args(["--out", "x", "--no-judged-rate"])).judged_rate
 
 
 def test_direction_variants_are_separate_rows(tmp_path, data):

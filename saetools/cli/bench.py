@@ -71,6 +71,7 @@ def add_arguments(p) -> None:
     _grid_arguments(p.add_argument_group("grid"), d)
     _data_arguments(p.add_argument_group("data (probe set names or JSONL paths)"), d)
     _size_arguments(p.add_argument_group("sizes"), d)
+    _judge_arguments(p.add_argument_group("judged misalignment rate (probe judge)"), d)
 
 
 def _grid_arguments(g, d: BenchmarkConfig) -> None:
@@ -193,6 +194,39 @@ def _size_arguments(s, d: BenchmarkConfig) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _judge_arguments(j, d: BenchmarkConfig) -> None:
+    """The probe judge's misaligned-answer rate at the end of each narrow run."""
+    j.add_argument(
+        "--no-judged-rate",
+        action="store_true",
+        help="skip the judged rate (no answers sampled or judged; faster)",
+    )
+    j.add_argument(
+        "--judge-questions",
+        default=d.judge_questions,
+        help="questions the answers are sampled to (temperature 1)",
+    )
+    j.add_argument(
+        "--judge-samples",
+        type=int,
+        default=d.judge_samples,
+        help="answers sampled per question at the end of each narrow run",
+    )
+    j.add_argument(
+        "--judge-max-new-tokens",
+        type=int,
+        default=d.judge_max_new_tokens,
+        help="new tokens per sampled answer",
+    )
+    j.add_argument(
+        "--probe-judge",
+        default=None,
+        metavar="FILE",
+        help="a probe judge file (saetools eval --suite judged-rate writes one); default: one is "
+        "fitted on --pairs with the base model and kept in --out",
+    )
+
+
 def config_from_args(args) -> BenchmarkConfig:
     methods = tuple(args.methods)
     if (args.sae or args.latents) and "sae-latents" not in methods:
@@ -234,6 +268,11 @@ def config_from_args(args) -> BenchmarkConfig:
         modeldiff_file=args.modeldiff_directions,
         sae=args.sae,
         latents=args.latents,
+        judged_rate=not args.no_judged_rate,
+        judge_questions=args.judge_questions,
+        judge_samples=args.judge_samples,
+        judge_max_new_tokens=args.judge_max_new_tokens,
+        probe_judge=args.probe_judge,
         keep_checkpoints=args.keep_checkpoints,
     )
 

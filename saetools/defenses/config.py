@@ -87,11 +87,18 @@ SIZE_FIELDS = (
     "modeldiff_file",
     "sae",
     "latents",
+    "judge_questions",
+    "judge_samples",
+    "judge_max_new_tokens",
+    "probe_judge",
 )
 
 
 # size fields that only some methods use: a call that leaves them unset fits any folder
 OPTIONAL_FIELDS = ("sae", "latents")
+# size fields added after results folders were written: a folder whose benchmark.json lacks one
+# fits a call with its default (its runs simply lack the new measure)
+LATER_FIELDS = ("judge_questions", "judge_samples", "judge_max_new_tokens", "probe_judge")
 
 
 class BenchmarkError(ValueError):
@@ -138,6 +145,15 @@ class BenchmarkConfig:
     modeldiff_file: str | None = None  # use this modeldiff file instead of fine-tuning for one
     sae: str | None = None
     latents: str | None = None
+    # the judged misalignment rate at the end of each narrow run (probe judge, see
+    # saetools.evaluate.probe_judge): judge_samples answers per judge_questions question at
+    # temperature 1, judged on the base model; probe_judge: a judge file (None: one is fitted on
+    # ``pairs`` at the default site and kept in the folder)
+    judged_rate: bool = True
+    judge_questions: str = "em-eval"
+    judge_samples: int = 2
+    judge_max_new_tokens: int = 64
+    probe_judge: str | None = None
     keep_checkpoints: bool = False
 
     def steps_for(self, task: str) -> int:
@@ -197,7 +213,16 @@ class BenchmarkConfig:
             raise BenchmarkError("no variant given (use '-' for the plain term)")
         for v in self.variants:
             variant_options(v)
-        for name in ("steps", "eval_every", "batch_size", "max_length", "lora_rank", "dir_steps"):
+        for name in (
+            "steps",
+            "eval_every",
+            "batch_size",
+            "max_length",
+            "lora_rank",
+            "dir_steps",
+            "judge_samples",
+            "judge_max_new_tokens",
+        ):
             if int(getattr(self, name)) < 1:
                 raise BenchmarkError(f"{name} must be >= 1, not {getattr(self, name)}")
         for name in (
@@ -213,6 +238,8 @@ class BenchmarkConfig:
         for f in (self.em_core_file, self.modeldiff_file):
             if f and not Path(f).is_file():
                 raise BenchmarkError(f"direction file {f} does not exist")
+        if self.probe_judge and not Path(self.probe_judge).is_file():
+            raise BenchmarkError(f"probe judge file {self.probe_judge} does not exist")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from ..train import TrainConfig, train
 from .config import DIRECTION_METHODS, BenchmarkConfig, Run, variant_options
 from .folder import drop_checkpoints
 from .inputs import ModelFactory, middle_site, task_batches
+from .judge import judged_measures
 
 
 def train_config(
@@ -105,6 +106,8 @@ def run_one(
         None,
     )
     final.update(_final_measures(run, tuned, tok, common))
+    if narrow:
+        final.update(judged_measures(cfg, run.seed, tuned, tok, common, run_dir))
     if not cfg.keep_checkpoints:
         drop_checkpoints(run_dir)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -1,7 +1,8 @@
 """The numbers of the report, from the rows of ``results.jsonl``: per arm (method, strength,
 direction variant, term variant) the mean ± standard error over seeds of each measure
 (:data:`SEED_METRICS`), 95% intervals of some (:data:`CI_METRICS`), the paired per-question
-difference to no defense, and the shift at every checkpoint (:func:`summarize`). The measures at
+difference to no defense, the shift at every checkpoint, and the probe judge's misaligned-answer
+rate pooled over seeds with its Wilson interval (:func:`summarize`). The measures at
 matched reduction of the general shift are in :mod:`.matching`.
 
 A new mean ± se measure is one entry of :data:`SEED_METRICS` (it then has ``key`` and ``key_se`` in
@@ -146,6 +147,7 @@ def _summary_row(arm: tuple, runs: ArmRuns, steps: Mapping[int, list[float]]) ->
         )
     if len(row["per_seed"]["benign_accuracy"]) == 1:
         row["benign_accuracy_ci"] = _single_run_wilson(runs.benign)
+    row.update(judged_pooled(runs.narrow))
     per_q = _paired_per_question(runs.narrow, runs.none)
     row["paired_diff"], row["paired_diff_se"] = _mean_se(per_q)
     row["paired_diff_ci"] = t_interval(per_q) if arm[0] != "none" else (None, None)
@@ -159,6 +161,25 @@ def _single_run_wilson(benign: Mapping[int, dict]) -> tuple[float | None, float 
     if r.get("benign_correct") is None or not r.get("benign_n"):
         return None, None
     return wilson_interval(int(r["benign_correct"]), int(r["benign_n"]))
+
+
+def judged_pooled(narrow: Mapping[int, dict]) -> dict:
+    """The probe judge's verdicts at the final checkpoint, pooled over the seeds that have them:
+    ``judged_rate`` = misaligned / coherent answers, its 95% Wilson interval ``judged_rate_ci``
+    (over the pooled answers), the counts, and the rate by seed (``judged_rate_by_seed``)."""
+    runs = {s: r for s, r in narrow.items() if r.get("judged_n") is not None}
+    k = sum(int(r["judged_misaligned"]) for r in runs.values())
+    n = sum(int(r["judged_coherent"]) for r in runs.values())
+    return {
+        "n_seeds_judged": len(runs),
+        "judged_rate": k / n if n else None,
+        "judged_rate_ci": wilson_interval(k, n) if n else (None, None),
+        "judged_misaligned": k if runs else None,
+        "judged_coherent": n if runs else None,
+        "judged_incoherent": sum(int(r["judged_incoherent"]) for r in runs.values()),
+        "judged_n": sum(int(r["judged_n"]) for r in runs.values()),
+        "judged_rate_by_seed": {s: r.get("judged_rate") for s, r in runs.items()},
+    }
 
 
 def _paired_per_question(runs: Mapping[int, dict], none_runs: Mapping[int, dict]) -> list[float]:

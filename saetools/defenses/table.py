@@ -40,6 +40,17 @@ def _ci_cell(ci, fmt: str = "{:+.3f}") -> str:
     return "—" if lo is None else f"[{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def _count_cell(r: Mapping, k: str, n: str) -> str:
+    return "—" if r.get(n) in (None, 0) or r.get(k) is None else f"{r[k]}/{r[n]}"
+
+
+def _judged_cell(r: Mapping) -> str:
+    """The pooled misaligned-answer rate with its count: ``0.125 (4/32)``."""
+    if r.get("judged_rate") is None:
+        return "—"
+    return f"{r['judged_rate']:.3f} ({r['judged_misaligned']}/{r['judged_coherent']})"
+
+
 def data_label(name: str | None) -> str:
     """A data set's name for headers: the set's name, or a file's stem for a path."""
     if not name:
@@ -95,6 +106,9 @@ COLUMNS: tuple[Column, ...] = (
     mean_column("{benign} held-out loss", "benign_loss", "{:.3f}"),
     mean_column("{benign} accuracy", "benign_accuracy", "{:.3f}"),
     ci_column("{benign} accuracy 95% CI", "benign_accuracy_ci", "{:.3f}"),
+    Column("misaligned-answer rate (probe judge)", lambda r: _judged_cell(r)),
+    ci_column("misaligned-answer rate 95% Wilson CI", "judged_rate_ci", "{:.3f}"),
+    Column("incoherent answers", lambda r: _count_cell(r, "judged_incoherent", "judged_n")),
 )
 
 
@@ -135,6 +149,11 @@ def table_markdown(table: Sequence[dict], cfg: BenchmarkConfig | None = None) ->
         "(none − defense) / none, then mean ± se and the 95% t interval over seeds. "
         f"{names['benign']} accuracy: exact match on its test items (greedy); the 95% interval "
         "is the t interval over seeds (with one seed: the Wilson interval over the items). "
+        "Misaligned-answer rate: answers sampled at temperature 1 to the judge's questions at the "
+        "end of each narrow run, read by the probe judge on the base model; misaligned / coherent "
+        "answers pooled over seeds (count in brackets), with the 95% Wilson interval over those "
+        "answers (not over seeds); incoherent answers (base-model perplexity above the judge's "
+        "limit, or empty) are counted apart. "
         "Strength: λ, α (steer) or the safe fraction (interleave); [variant]: the term's variant.",
         "",
         _row(table_columns(cfg)),
@@ -162,6 +181,12 @@ def _sizes(cfg: BenchmarkConfig) -> str:
         f"{cfg.eval_pairs or 'all'} per set ({names['pairs']}, {names['transfer']}), held-out "
         f"narrow items {cfg.eval_examples or 'all'}, {names['benign']} items "
         f"{cfg.benign_examples or 'all'}; model {cfg.model}."
+        + (
+            f" Probe judge: {cfg.judge_samples} answer(s) per {data_label(cfg.judge_questions)} "
+            f"question, up to {cfg.judge_max_new_tokens} new tokens."
+            if cfg.judged_rate
+            else " Judged rate: off."
+        )
     )
 
 
