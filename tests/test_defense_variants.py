@@ -529,7 +529,7 @@ def test_judged_rate_column_and_pareto_intervals_in_a_tiny_benchmark(tmp_path, d
             continue
         answers = [json.loads(x) for x in (out / "runs" / r["run_id"] / "judged-answers.jsonl")
                    .read_text().splitlines()]  # fmt: skip
-        assert len(answers) == r["judged_n"] == 3 * 2
+        assert len(answers) == r["judged_n"] == 3 * 2 and r["judged_seconds"] > 0
         labels = []
         for a in answers:
             q = questions[int(a["question_id"][1:])]

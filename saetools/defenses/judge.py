@@ -12,6 +12,7 @@ adapter switched off): the misaligned rate among the coherent answers with its W
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def judged_measures(
     scores and verdicts go to ``run_dir/judged-answers.jsonl``. Empty without a judge."""
     if not common.get("judge_file"):
         return {}
+    t0 = time.perf_counter()
     r = judged_rate(
         tuned,
         tok,
@@ -68,4 +70,5 @@ def judged_measures(
         "judged_coherent": r["n_coherent"],
         "judged_incoherent": r["n_incoherent"],
         "judged_n": r["n"],
+        "judged_seconds": time.perf_counter() - t0,  # sampling and judging
     }
