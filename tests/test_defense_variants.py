@@ -587,3 +587,17 @@ def test_judged_rate_column_and_pareto_intervals_in_a_tiny_benchmark(tmp_path, d
         assert t.error_y.array[0] == pytest.approx(half, abs=1e-3)
         assert t.error_y.arrayminus[0] == pytest.approx(half, abs=1e-3)
     assert "misaligned-answer rate" in (out / "defenses.html").read_text()
+
+
+def test_folder_from_before_the_judge_settings_resumes_with_their_defaults(tmp_path, data):  # noqa: F811
+    """A benchmark.json without the judge's settings fits a call with their defaults (its runs
+    lack the judged rate); other judge settings are refused like any other size."""
+    from saetools.defenses import BenchmarkError
+    from saetools.defenses.folder import check_folder
+
+    cfg = _cfg(data)
+    old = {k: v for k, v in cfg.to_json().items() if "judge" not in k}
+    (tmp_path / "benchmark.json").write_text(json.dumps(old))
+    check_folder(tmp_path, cfg)
+    with pytest.raises(BenchmarkError, match="judge_samples: folder 2, now 3"):
+        check_folder(tmp_path, _cfg(data, judge_samples=3))
