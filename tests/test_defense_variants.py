@@ -601,3 +601,10 @@ def test_folder_from_before_the_judge_settings_resumes_with_their_defaults(tmp_p
     check_folder(tmp_path, cfg)
     with pytest.raises(BenchmarkError, match="judge_samples: folder 2, now 3"):
         check_folder(tmp_path, _cfg(data, judge_samples=3))
+    # a bad question set fails before the judge is fitted or any run starts
+    from saetools.defenses.judge import make_probe_judge
+
+    bad = _cfg(data, judged_rate=True, judge_questions="no-such-set")
+    with pytest.raises(BenchmarkError, match="--judge-questions: unknown probe set 'no-such-set'"):
+        make_probe_judge(bad, tmp_path / "j", _factory, say=None)
+    assert not (tmp_path / "j").exists()

@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import probes
+
 from ..evaluate import EvaluationError, fit_probe_judge, judged_rate, load_probe_judge
 from .config import BenchmarkConfig, BenchmarkError
 from .inputs import ModelFactory
@@ -26,7 +28,14 @@ ANSWERS_FILE = "judged-answers.jsonl"  # in each narrow run's folder
 
 def make_probe_judge(cfg: BenchmarkConfig, out: Path, factory: ModelFactory, say=print) -> str:
     """The probe judge file of the benchmark: ``cfg.probe_judge``, else ``out/probe-judge.
-    safetensors`` (fitted on the base model unless present); checked against the model."""
+    safetensors`` (fitted on the base model unless present); checked against the model. The
+    judge's questions are read first, so a bad set fails before any run."""
+    try:
+        qs = probes.as_set(cfg.judge_questions)
+    except (OSError, ValueError) as e:
+        raise BenchmarkError(f"--judge-questions: {e}") from None
+    if not qs.items:
+        raise BenchmarkError(f"--judge-questions {cfg.judge_questions!r} holds no questions")
     model, tok = factory()
     path = Path(cfg.probe_judge) if cfg.probe_judge else out / JUDGE_FILE
     if not path.is_file():
