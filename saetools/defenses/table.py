@@ -293,12 +293,16 @@ def _transfer_markdown(table: Sequence[dict], names: Mapping[str, str]) -> list[
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        red = [
-            _cell(r[k], None, "{:+.1f}") + " " + _ci_cell(r.get(k + "_ci"), "{:+.1f}")
-            for k in ("reduction_pct", "reduction_transfer_pct")
-        ]
+        red = [_with_ci(r, k, "{:+.1f}") for k in ("reduction_pct", "reduction_transfer_pct")]
         lines.append(_row([method_label(r), f"{r['strength']:g}", r["sites"], r["source"], *red]))
     return lines
+
+
+def _with_ci(r: Mapping, key: str, fmt: str) -> str:
+    """``mean [low, high]``, or the mean alone where the interval is unknown (one seed)."""
+    ci = r.get(key + "_ci")
+    known = ci is not None and ci[0] is not None
+    return _cell(r.get(key), None, fmt) + (" " + _ci_cell(ci, fmt) if known else "")
 
 
 def _checkpoints_markdown(table: Sequence[dict]) -> list[str]:
