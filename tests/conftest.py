@@ -24,7 +24,7 @@ import torch
 # than the work (30x slower on a busy 2-core machine). Set SAETOOLS_TEST_THREADS to change it.
 torch.set_num_threads(int(os.environ.get("SAETOOLS_TEST_THREADS", "1")))
 
-ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gpt2", "gpt_neox")
+ARCHS = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3", "gpt2", "gpt_neox")
 MODEL_VOCAB = 320  # >= the tiny tokenizer's vocabulary
 TOKENIZER_VOCAB = 300
 D_MODEL = 32
@@ -73,6 +73,16 @@ def _tiny_config(arch: str):
         return tf.GemmaConfig(**llama_like, head_dim=8)
     if arch == "gemma2":
         return tf.Gemma2Config(**llama_like, head_dim=8, sliding_window=16, query_pre_attn_scalar=8)
+    if arch == "gemma3":
+        # Gemma 3 text: embeddings scaled by sqrt(d), sandwich norms, q/k norms, sliding-window
+        # layers (window 16, shorter than the longer test texts) before a global one
+        return tf.Gemma3TextConfig(
+            **llama_like,
+            head_dim=8,
+            sliding_window=16,
+            query_pre_attn_scalar=8,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        )
     if arch == "gpt2":
         return tf.GPT2Config(
             n_embd=D_MODEL,

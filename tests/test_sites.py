@@ -146,10 +146,10 @@ def _expected_module(model, arch: str, site: Site) -> HookPoint:
     if site.kind == "resid_post":
         return HookPoint(block, False)
     if site.kind == "attn_out":
-        if arch == "gemma2":
+        if arch in ("gemma2", "gemma3"):
             return HookPoint(block.post_attention_layernorm, False)
         return HookPoint({"gpt2": "attn", "gpt_neox": "attention"}.get(arch, "self_attn"), False)
-    if arch == "gemma2":
+    if arch in ("gemma2", "gemma3"):
         return HookPoint(block.post_feedforward_layernorm, False)
     return HookPoint(block.mlp, False)
 

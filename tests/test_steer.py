@@ -163,7 +163,7 @@ def _naive_greedy(m, b, n_new):
     return ids
 
 
-@pytest.mark.parametrize("arch_name", ["llama", "gpt2", "gpt_neox", "qwen2"])
+@pytest.mark.parametrize("arch_name", ["llama", "gpt2", "gpt_neox", "qwen2", "gemma3"])
 def test_cache_equals_no_cache_for_every_position_rule(arch_name):
     m = make_tiny_model(arch_name)
     b = _batch(ROWS)

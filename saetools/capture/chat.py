@@ -69,8 +69,10 @@ def _require_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(
             f"the tokenizer of this model ({type(tokenizer).__name__}) has no chat template. saetools "
-            "formats every prompt through the chat template. Pass one with --chat-template FILE (a Jinja "
-            "template) on the command line, or set `tokenizer.chat_template = ...` in Python."
+            "formats every prompt through the chat template (a base model has none). Pass one with "
+            "--chat-template FILE (a Jinja template) or --chat-template gemma (Gemma's turn format, "
+            "shipped with saetools) on the command line, or set `tokenizer.chat_template = ...` in "
+            "Python."
         )
 
 

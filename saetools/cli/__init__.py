@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "extract",
     "inspect",
     "probes",
+    "models",
     "demo",
     "steer",
     "train",

@@ -95,27 +95,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default="default",
-        help="'default' (the embedded SmolLM2-135M-Instruct), a local HF folder, or a Hugging Face id",
+        help="'default' (the embedded SmolLM2-135M-Instruct), another known model such as "
+        "'gemma3-270m' (see `saetools models`), a .gguf file, a local HF folder, or a Hugging "
+        "Face id",
     )
     g.add_argument(
         "--adapter",
         default=None,
         help="optional PEFT (LoRA) adapter folder applied on top of --model",
     )
-    g.add_argument(
-        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)"
-    )
+    g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     g.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
-        help="weights and activation dtype (default: float32)",
+        help="weights and activation dtype",
     )
     g.add_argument(
         "--chat-template",
         default=None,
         metavar="FILE",
-        help="a Jinja chat template file, for models whose tokenizer has none",
+        help="a Jinja chat template file, or the name of one shipped with saetools ('gemma'), "
+        "for models whose tokenizer has none",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -123,13 +124,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def load_model_from_args(args):
     from ..models import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
-    if getattr(args, "chat_template", None):
-        path = Path(args.chat_template)
-        if not path.is_file():
-            raise FileNotFoundError(f"chat template file {path} does not exist")
-        lm.tokenizer.chat_template = path.read_text()
-    return lm
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        adapter=args.adapter,
+        chat_template=getattr(args, "chat_template", None),
+    )
 
 
 def check_output_path(path: str | None, what: str = "output") -> Path | None:

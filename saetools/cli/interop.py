@@ -33,6 +33,12 @@ def register(sub) -> None:
         "`saetools steer --alpha ALPHA`",
     )
     p.add_argument(
+        "--alpha-scale",
+        default="abs",
+        choices=["abs", "norm"],
+        help="norm: --alpha is a fraction of each site's mean residual norm recorded in the file",
+    )
+    p.add_argument(
         "--raw", action="store_true", help="write raw stored vectors (times --alpha), not unit ones"
     )
     p.add_argument(
@@ -44,7 +50,8 @@ def register(sub) -> None:
     p.add_argument(
         "--model-hint",
         default=None,
-        help="GGUF controlvector.model_hint (default: the file's model_type, else 'llama')",
+        help="GGUF controlvector.model_hint (default: llama.cpp's name for the file's model_type, "
+        "e.g. gemma3 for gemma3_text; else 'llama')",
     )
     p.add_argument(
         "--n-layers",
@@ -115,6 +122,7 @@ def run_export(args) -> int:
             model_hint=args.model_hint,
             n_layers=args.n_layers,
             module_prefix=args.module_prefix,
+            alpha_scale=args.alpha_scale,
         )
     _show_warnings(caught)
     print(f"wrote {path} ({args.format})")

@@ -39,6 +39,13 @@ def register(sub) -> None:
     )
     d.add_argument("--op", default="add", choices=["add", "ablate", "clamp"])
     d.add_argument("--alpha", default="1", help="a number or site=alpha,site=alpha")
+    d.add_argument(
+        "--alpha-scale",
+        default="abs",
+        choices=["abs", "norm"],
+        help="norm: the default steering's alpha is a fraction of the site's mean residual norm "
+        '(requests choose their own with "alpha_scale")',
+    )
     d.add_argument("--value", default=None, help="clamp value: a number, 'aligned' or 'misaligned'")
     d.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     v = d.add_mutually_exclusive_group()
@@ -274,6 +281,7 @@ def run_serve(args) -> int:
             unit=args.unit,
             positions=args.positions,
             n_layers=lm.n_layers,
+            alpha_scale=args.alpha_scale,
         )
     if clamps:
         first = next(iter(saes.values()))

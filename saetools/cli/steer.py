@@ -60,6 +60,13 @@ def _add_direction_options(
         help="add uses the raw stored vector (difference of means): alpha 1 adds the whole difference",
     )
     p.add_argument(
+        "--alpha-scale",
+        default="abs",
+        choices=["abs", "norm"],
+        help="abs: alpha in activation units; norm: alpha as a fraction of the site's mean "
+        "residual norm recorded in the direction file (strengths that carry across models)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="use a direction file made for another model (same width)",
@@ -217,6 +224,7 @@ def run_steer(args) -> int:
     else:
         lm, ds = load_model_from_args(args), None
     ivs = _interventions(args, lm, ds, alpha, clamps)
+    _warn_weak(args, ds, ivs)
     prompts = [
         ([{"role": "system", "content": args.system}] if args.system else [])
         + [{"role": "user", "content": q}]
@@ -250,6 +258,19 @@ def run_steer(args) -> int:
         )
         print(f"\nwrote {out}")
     return 0
+
+
+def _warn_weak(args, ds, ivs) -> None:
+    """Say so when an absolute alpha is far too small for the model's residual norm."""
+    from ..steer import weak_alpha_note
+
+    if ds is None or args.alpha_scale != "abs" or not args.unit:
+        return
+    for iv in ivs:
+        note = weak_alpha_note(ds, iv.site, iv.alpha) if iv.op == "add" else None
+        if note:
+            print(f"saetools steer: note: {note}", file=sys.stderr)
+            return
 
 
 def _check_steer_args(args):
@@ -301,6 +322,7 @@ def _interventions(args, lm, ds, alpha, clamps) -> list:
             unit=args.unit,
             positions=args.positions,
             n_layers=lm.n_layers,
+            alpha_scale=args.alpha_scale,
         )
     if clamps is not None:
         from ..sae import LatentClamp, load_sae
@@ -389,19 +411,15 @@ def run_sweep(args) -> int:
         batch_size=args.batch_size,
         model_id=lm.model_id,
         progress=not args.quiet,
+        alpha_scale=args.alpha_scale,
     )
-    print(f"{'alpha':>7} {'contrast':>9} {'per-token':>9} {'proj':>8} {'ppl':>8}")
-    for r in res["results"]:
-        print(
-            f"{r['alpha']:>7g} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
-            f"{r.get('perplexity', float('nan')):>8.2f}"
-        )
-    if "ablate" in res:
-        r = res["ablate"]
-        print(
-            f"{'ablate':>7} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
-            f"{r.get('perplexity', float('nan')):>8.2f}   ({len(r['sites'])} sites)"
-        )
+    _print_sweep(res)
+    if args.alpha_scale == "abs" and args.unit:
+        from ..steer import weak_alpha_note
+
+        note = weak_alpha_note(ds, args.site.split(",")[0].strip(), max(alphas, key=abs))
+        if note:
+            print(f"saetools sweep: note: {note}", file=sys.stderr)
     if jpath:
         write_json(res, jpath)
         print(f"wrote {jpath}")
@@ -411,3 +429,26 @@ def run_sweep(args) -> int:
         )
         print(f"wrote {html}")
     return 0
+
+
+def _ppl(r: dict) -> str:
+    """The perplexity column: blank when no neutral set was scored (``--neutral none``)."""
+    return f"{r['perplexity']:>8.2f}" if "perplexity" in r else " " * 8
+
+
+def _print_sweep(res: dict) -> None:
+    if res.get("alpha_scale") == "norm":
+        norms = ", ".join(f"{s} {n:.1f}" for s, n in res["site_norms"].items())
+        print(f"# alpha: fraction of the site's mean residual norm ({norms})")
+    print(f"{'alpha':>7} {'contrast':>9} {'per-token':>9} {'proj':>8} {'ppl':>8}")
+    for r in res["results"]:
+        print(
+            f"{r['alpha']:>7g} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
+            f"{_ppl(r)}"
+        )
+    if "ablate" in res:
+        r = res["ablate"]
+        print(
+            f"{'ablate':>7} {r['contrast']:>9.3f} {r['contrast_per_token']:>9.4f} {r['projection']:>8.2f} "
+            f"{_ppl(r)}   ({len(r['sites'])} sites)"
+        )

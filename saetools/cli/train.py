@@ -75,6 +75,12 @@ def register(sub) -> None:
         metavar="N",
         help="λ warm-up: loss terms' weights rise linearly over the first N steps (0: off)",
     )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="directional-kl / directional-l2 in norm-relative units, so one --lambda pulls alike on "
+        "models of different scale (see docs/regularizers.md)",
+    )
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (all attention + MLP)")
     p.add_argument("--full", action="store_true", help="full fine-tune (frozen copy as reference)")
     p.add_argument("--steps", type=int, default=100)
@@ -141,6 +147,7 @@ def config_from_args(args):
         lam=args.lam,
         alpha=args.alpha,
         one_sided=args.one_sided,
+        normalize=args.normalize,
         lora_rank=None if args.full else args.lora_rank,
         steps=args.steps,
         batch_size=args.batch_size,

@@ -9,11 +9,14 @@ in these formats and are handled the same way.
 **Vectors written.** By default the **unit** vector times ``alpha`` (``alpha`` defaults to 1), so a
 file loaded at strength ``s`` in llama.cpp / repeng / steering-vectors steers like
 ``saetools steer --alpha (alpha * s)``. ``raw=True`` writes the raw stored vector times ``alpha``.
-``raw=True, alpha=1`` round-trips exactly (export then import gives identical tensors). The
+``alpha_scale="norm"`` reads ``alpha`` as a fraction of each site's mean residual
+norm. ``raw=True, alpha=1`` round-trips exactly (export then import gives identical tensors). The
 concept-ablation format stores an orthonormal basis ``Q [d, n]`` (``DirectionSet.basis``); it has no
 scale, and ``alpha``/``raw`` are refused for it. The persona ``.pt`` format is a bare tensor, so rows
 without a direction are zeros. The other formats carry the source direction file's metadata (a
-JSON string ``saetools.metadata``).
+JSON string ``saetools.metadata``). A llama.cpp GGUF's ``controlvector.model_hint`` is llama.cpp's
+architecture name (``gemma3`` for HF's ``gemma3_text``; :func:`saetools.known_models.llamacpp_arch`);
+a repeng file keeps HF's ``model_type``, which repeng reads back.
 
 :func:`export_directions` writes a file; :func:`to_repeng` returns repeng's ``ControlVector`` dict
 form without importing repeng.
@@ -31,8 +34,9 @@ import numpy as np
 import torch
 
 from ..directions import DirectionSet
+from ..known_models import llamacpp_arch
 from ..sites import SITE_NAME_RE
-from ..steer import FLOAT32_MAX, SteeringError, check_float32
+from ..steer import FLOAT32_MAX, SteeringError, check_float32, scale_alpha
 from .formats import (
     CA_FORMAT,
     GGUF_ARCH,
@@ -152,6 +156,14 @@ def _scaled(ds: DirectionSet, name: str, v: torch.Tensor, alpha: float, raw: boo
     return out.to(torch.float32).contiguous()
 
 
+def _site_alpha(ds: DirectionSet, name: str, alpha: float, alpha_scale: str, raw: bool) -> float:
+    """``alpha`` at site ``name`` in activation units (see :func:`saetools.steer.scale_alpha`)."""
+    try:
+        return scale_alpha(ds, name, alpha, alpha_scale, unit=not raw)
+    except ValueError as e:
+        raise InteropError(str(e)) from None
+
+
 def _export_meta(ds: DirectionSet, fmt: str, alpha: float, raw: bool, sites: dict) -> dict:
     return {
         "exported_from": "saetools",
@@ -190,13 +202,15 @@ def export_directions(
     model_hint: str | None = None,
     n_layers: int | None = None,
     module_prefix: str | None = None,
+    alpha_scale: str = "abs",
 ) -> Path:
     """Write ``ds`` (a DirectionSet or a direction file) to ``out`` in another tool's format.
 
     ``sites``: None or ``"all"`` (every site of the file; sites the format cannot hold are skipped
     with a warning) or explicit names/ranges (any it cannot hold is an error). ``model``: optional
     model / fingerprint dict checked with :meth:`DirectionSet.check_model`. See the module doc of
-    :mod:`saetools.export.writers` for ``alpha``/``raw``.
+    :mod:`saetools.export.writers` for ``alpha``/``raw``; ``alpha_scale="norm"``: ``alpha`` is a
+    fraction of each site's mean residual norm (:func:`saetools.steer.scale_alpha`).
     """
     fmt = check_format(fmt)
     if not isinstance(ds, DirectionSet):
@@ -219,8 +233,13 @@ def export_directions(
             )
         return _export_concept_ablation(ds, out, sites, module_prefix)
     chosen = _select(ds, sites, fmt)
-    vecs = {r: _scaled(ds, name, v, alpha, raw) for r, (name, v) in chosen.items()}
+    vecs = {
+        r: _scaled(ds, name, v, _site_alpha(ds, name, alpha, alpha_scale, raw), raw)
+        for r, (name, v) in chosen.items()
+    }
     meta = _export_meta(ds, fmt, alpha, raw, chosen)
+    if alpha_scale != "abs":
+        meta["alpha_scale"] = alpha_scale
     if fmt == "repeng" and 0 in {r - 1 for r in vecs}:
         warnings.warn(
             "the repeng file holds layer 0 (block 0's output): repeng reads it, llama.cpp refuses "
@@ -228,9 +247,10 @@ def export_directions(
             stacklevel=2,
         )
     if fmt in ("gguf", "repeng"):
-        return _write_gguf(
-            out, {r - 1: v for r, v in vecs.items()}, _model_hint(ds, model_hint), meta
-        )
+        hint = _model_hint(ds, model_hint)
+        if fmt == "gguf" and not model_hint:
+            hint = llamacpp_arch(hint)  # llama.cpp's name (gemma3), not HF's (gemma3_text)
+        return _write_gguf(out, {r - 1: v for r, v in vecs.items()}, hint, meta)
     if fmt == "steering-vectors":
         return _write_steering_vectors(out, vecs, meta)
     return _write_persona_pt(ds, out, vecs, chosen, n_layers)

@@ -120,6 +120,10 @@ def _site_direction(s: Site, cap_al, cap_mis, te_al, te_mis) -> tuple[torch.Tens
         "test_proj_aligned_mean": float(p_al.mean()),
         "test_proj_misaligned_mean": float(p_mis.mean()),
         "activation_norm_mean": float(0.5 * (mu_al.norm() + mu_mis.norm())),
+        # the unit of norm-relative steering strengths (DirectionSet.resid_norm)
+        "resid_norm_mean": float(
+            torch.cat([te_al.per_example[s], te_mis.per_example[s]]).double().norm(dim=-1).mean()
+        ),
     }
 
 

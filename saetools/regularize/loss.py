@@ -120,6 +120,8 @@ class RegularizedLoss:
         self._anchor_it: Iterator | None = None
         self._active = 0
         self._dev_cache: dict = {}
+        # KL_ref of each normalized DirectionalKL term, measured on its first batch (see .terms)
+        self.kl_refs: dict[str, float] = {}
 
     @property
     def model(self) -> nn.Module:
@@ -221,6 +223,8 @@ class RegularizedLoss:
                 deltas = site_shifts(store, h0, r.sites, r.bases, mask, self._on)
                 logs[f"{t.name}/shift"] = mean_shift(deltas, n)
                 if isinstance(t, DirectionalL2):
+                    if r.units:  # normalized: shifts in units of ε x the site's residual norm
+                        deltas = [d / r.units[s] for d, s in zip(deltas, r.sites, strict=True)]
                     val = directional_l2_term(deltas, t.one_sided, n)
                 else:
                     cf = counterfactual_logits(
@@ -235,9 +239,37 @@ class RegularizedLoss:
                         on=self._on,
                     )
                     val = kl_term(cf, logits, mask, n)
+                    if r.units:  # normalized: in units of KL_ref (see .terms)
+                        logs[f"{t.name}/raw"] = val.detach()
+                        val = val / self._kl_ref(r, inputs, mask, n)
             if not isinstance(val, torch.Tensor):
                 val = logits.new_zeros((), dtype=torch.float32)
             out_terms[t.name] = val
+
+    def _kl_ref(self, r, inputs, mask: torch.Tensor, n: int) -> float:
+        """``KL_ref`` of a normalized :class:`DirectionalKL`: the KL between θ0 and θ0 shifted by
+        ``ε·n_s`` along the direction at every site of the term, on the first batch it sees
+        (measured once, then kept: :attr:`kl_refs`)."""
+        name = r.term.name
+        if name in self.kl_refs:
+            return self.kl_refs[name]
+        ref = self.reference if self.reference is not None else self.inner
+        adapters = self.inner if self.use_adapter_toggle else None
+
+        def shift(site):
+            return lambda h: add_op(h, self._on(r.bases[site][0], h), r.units[site])
+
+        with hooks(ref, [(s, shift(s)) for s in r.sites]):
+            _, shifted = reference_pass(ref, inputs, [], need_logits=True, adapters_of=adapters)
+        _, plain = reference_pass(ref, inputs, [], need_logits=True, adapters_of=adapters)
+        kl = float(kl_term(shifted, plain, mask, n))
+        if not (kl > 0 and kl < float("inf")):
+            raise ValueError(
+                f"DirectionalKL {name!r}: normalize=True measured a reference KL of {kl} (a shift of "
+                "1% of the residual norm changes nothing?); use normalize=False"
+            )
+        self.kl_refs[name] = kl
+        return kl
 
     def _next_anchor(self):
         if self._anchor_src is None:

@@ -21,6 +21,7 @@ from ..stats import orthonormal_basis
 from .terms import (
     KL,
     LDIFS,
+    NORM_FRACTION,
     Ablate,
     DirectionalKL,
     DirectionalL2,
@@ -41,6 +42,8 @@ class ResolvedTerm:
     term: LossTerm
     sites: list[Site]
     bases: dict[Site, torch.Tensor] = field(default_factory=dict)  # [k, d] float32 cpu
+    # normalized terms: the unit of the shift at each site, NORM_FRACTION x its residual norm
+    units: dict[Site, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +115,13 @@ def _resolve_loss_term(t: LossTerm, model: nn.Module, n_layers: int) -> Resolved
     spec = t.sites if t.sites is not None else t.directions.sites
     r = ResolvedTerm(t, _parse(t, spec, n_layers))
     r.bases = {s: _basis(t, s) for s in r.sites}
+    if getattr(t, "normalize", False):
+        try:
+            r.units = {s: NORM_FRACTION * t.directions.resid_norm(s.name) for s in r.sites}
+        except DirectionFileError as e:
+            raise DirectionFileError(
+                f"{type(t).__name__} {t.name!r}: normalize=True needs the sites' residual norms: {e}"
+            ) from e
     return r
 
 

@@ -22,6 +22,19 @@ token t, h0_t θ0's:
   counterfactual, anchor), never to θ0, and they are removed after each call, so the trained model
   generates without them.
 
+**Normalized strengths** (``normalize=True`` on :class:`DirectionalKL` and :class:`DirectionalL2`;
+off by default, so earlier numbers reproduce). Residual norms differ by orders of magnitude
+between models, so the same λ pulls very differently. Normalized, both terms measure the shift
+along the direction in one unit, ``ε·n_s`` with ``ε =`` :data:`NORM_FRACTION` (1%) and ``n_s`` the
+site's mean residual norm recorded in the direction file
+(:meth:`~saetools.directions.DirectionSet.resid_norm`):
+
+* :class:`DirectionalL2`: ``mean_t Σ_sites ‖δ_t / (ε·n_s)‖²``;
+* :class:`DirectionalKL`: the term divided by ``KL_ref``, the KL that shifting θ0 by ``ε·n_s``
+  along the direction at every site of the term causes on the first batch (measured once, at θ0,
+  with two extra θ0 passes). For small shifts KL is quadratic in the shift, so the normalized
+  term is about ``(δ / ε·n_s)²``, like the normalized L2.
+
 "Tokens" are the loss-mask tokens: position t counts when ``labels[t + 1] != -100`` (the
 Hugging Face shift), i.e. the positions whose next-token prediction is trained. Activation terms use
 the activations at those same positions. Every term is a mean over those tokens of the batch it is
@@ -38,6 +51,8 @@ from ..directions import DirectionSet
 from ..sae import load_sae, parse_latents
 
 SOURCES = ("batch", "anchor")
+# the unit of normalized directional terms: this fraction of the site's mean residual norm
+NORM_FRACTION = 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +96,7 @@ class DirectionalKL:
     detach_target: bool = True
     on: str = "batch"
     name: str = "directional_kl"
+    normalize: bool = False  # divide by KL_ref (see the module docstring)
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -96,6 +112,7 @@ class DirectionalL2:
     one_sided: bool = False
     on: str = "batch"
     name: str = "directional_l2"
+    normalize: bool = False  # shifts in units of NORM_FRACTION x the site's residual norm
 
     def __post_init__(self) -> None:
         _check_common(self)

@@ -24,7 +24,17 @@ from dataclasses import dataclass
 
 from ..steer import OPS, POSITIONS, Intervention
 
-STEER_KEYS = {"site", "op", "alpha", "value", "direction", "vector", "unit", "positions"}
+STEER_KEYS = {
+    "site",
+    "op",
+    "alpha",
+    "alpha_scale",
+    "value",
+    "direction",
+    "vector",
+    "unit",
+    "positions",
+}
 CLAMP_KEYS = {"sae", "latents", "positions"}
 IGNORED_IF_DEFAULT = {
     "presence_penalty": (None, 0, 0.0),
@@ -174,6 +184,7 @@ class SteerItem:
     unit: bool
     vector: list | None
     direction: object
+    alpha_scale: str = "abs"  # "norm": alpha is a fraction of the site's mean residual norm
 
 
 @dataclass
@@ -646,7 +657,16 @@ def steer_item(item, where: str) -> SteerItem:
             raise bad_request(f"{where}.vector must hold finite numbers", f"{where}.vector")
         if isinstance(value, str):
             raise bad_request(f"{where}.value must be a number with an inline vector", where)
-    return SteerItem(site, op, alpha, value, positions, unit, vector, item.get("direction"))
+    alpha_scale = item.get("alpha_scale", "abs")
+    if alpha_scale not in ("abs", "norm") or (alpha_scale == "norm" and vector is not None):
+        raise bad_request(
+            f"{where}.alpha_scale must be 'abs' or 'norm' ('norm' needs a direction file, whose "
+            "statistics record the site's residual norm)",
+            f"{where}.alpha_scale",
+        )
+    return SteerItem(
+        site, op, alpha, value, positions, unit, vector, item.get("direction"), alpha_scale
+    )
 
 
 def clamp_item(item, where: str, loaded: Collection[str]) -> ClampItem:

@@ -126,6 +126,7 @@ class Steering:
                     unit=s.unit,
                     positions=s.positions,
                     n_layers=self.n_layers,
+                    alpha_scale=s.alpha_scale,
                 )
             for iv in ivs:
                 iv.check(self.model)

@@ -23,7 +23,7 @@ Modules, in import order (each imports only the ones listed before it):
   :func:`check_positions`.
 * :mod:`~saetools.steer.intervention`: :class:`Intervention` (raw or unit vector, validation),
   :func:`interventions_from_directions`, :func:`parse_alphas`, :func:`parse_site_alphas`,
-  :data:`CLAMP_VALUE_KEYS`.
+  :data:`CLAMP_VALUE_KEYS`, :func:`scale_alpha` (norm-relative strengths).
 * :mod:`~saetools.steer.hooks`: the :class:`steer` context manager.
 * :mod:`~saetools.steer.tl`: the TransformerLens backend (:func:`bridge_from_hf`,
   :func:`tl_fwd_hooks`, :func:`steer_tl`).
@@ -41,11 +41,14 @@ from ..capture import pad_token_id
 from .generation import as_messages, context_length, encode_prompts, generate
 from .hooks import steer
 from .intervention import (
+    ALPHA_SCALES,
     CLAMP_VALUE_KEYS,
     Intervention,
     interventions_from_directions,
     parse_alphas,
     parse_site_alphas,
+    scale_alpha,
+    weak_alpha_note,
 )
 from .limits import FLOAT32_MAX, check_float32, check_seed, check_temperature, check_top_p
 from .ops import OPS, SteeringError, ablate, add, clamp, projection
@@ -53,6 +56,7 @@ from .positions import POSITIONS, check_positions
 from .tl import bridge_from_hf, steer_tl, tl_fwd_hooks
 
 __all__ = [
+    "ALPHA_SCALES",
     "CLAMP_VALUE_KEYS",
     "FLOAT32_MAX",
     "OPS",
@@ -77,9 +81,11 @@ __all__ = [
     "parse_alphas",
     "parse_site_alphas",
     "projection",
+    "scale_alpha",
     "steer",
     "steer_tl",
     "tl_fwd_hooks",
+    "weak_alpha_note",
 ]
 
 # ``saetools.steer(model, interventions)`` works like ``saetools.steer.steer`` (see callable_package).

@@ -13,6 +13,16 @@ is in activation units (the norm of the change); ``unit=False`` uses the raw sto
 ``alpha=1`` adds the whole difference of means. ``ablate`` and ``clamp`` always use unit vectors
 (an orthonormal basis), and ``clamp``'s ``value`` is a projection on the unit vector
 (:data:`CLAMP_VALUE_KEYS` names the projections a direction file records).
+
+Absolute or norm-relative strength
+----------------------------------
+Residual norms differ by orders of magnitude between models (about 70-150 in SmolLM2-135M's middle
+blocks, about 9,700 at block 10 of Gemma 3 270M, which scales its embeddings by sqrt(d)), so an
+absolute ``alpha`` that steers one model does nothing to another. ``alpha_scale="norm"`` reads
+``alpha`` as a **fraction of the site's mean residual norm** recorded in the direction file
+(:meth:`~saetools.directions.DirectionSet.resid_norm`): ``alpha 0.1`` adds a unit vector of a tenth
+of the typical activation's norm, whatever the model. :func:`scale_alpha` converts; the default
+``"abs"`` keeps ``alpha`` in activation units.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from ..stats import orthonormal_basis
 from .limits import check_float32
 from .ops import OPS, SteeringError, ablate, clamp
 from .positions import check_positions
+
+ALPHA_SCALES = ("abs", "norm")
 
 CLAMP_VALUE_KEYS = {
     "aligned": "proj_aligned_mean",
@@ -216,6 +228,43 @@ def _stat_value(ds, site: str, key: str) -> float:
     return float(stats[name])
 
 
+def scale_alpha(ds, site: str, alpha: float, alpha_scale: str = "abs", *, unit: bool = True):
+    """``alpha`` in activation units: unchanged for ``"abs"``; for ``"norm"`` (a fraction of the
+    site's mean residual norm), times :meth:`DirectionSet.resid_norm`. Norm-relative strengths
+    need the unit vector (``unit=True``)."""
+    if alpha_scale not in ALPHA_SCALES:
+        raise SteeringError(
+            f"unknown alpha scale {alpha_scale!r}; choose one of {', '.join(ALPHA_SCALES)}"
+        )
+    if alpha_scale == "abs":
+        return alpha
+    if not unit:
+        raise SteeringError(
+            "a norm-relative alpha (--alpha-scale norm) scales the unit direction; it cannot be "
+            "combined with the raw vector (--raw)"
+        )
+    try:
+        return float(alpha) * ds.resid_norm(site)
+    except ValueError as e:
+        raise SteeringError(str(e)) from None
+
+
+def weak_alpha_note(ds, site: str, alpha: float, threshold: float = 0.01) -> str | None:
+    """A note when an absolute ``alpha`` is below ``threshold`` times the site's mean residual norm
+    (so weak that steering changes little), proposing a norm-relative strength; else None."""
+    try:
+        norm = ds.resid_norm(site)
+    except ValueError:
+        return None
+    if alpha == 0 or abs(alpha) >= threshold * norm:
+        return None
+    return (
+        f"alpha {alpha:g} at {site} is {abs(alpha) / norm:.2%} of the site's mean residual norm "
+        f"({norm:.4g}), too weak to change much on this model; strengths of 5-20% of the norm "
+        f"usually steer: try --alpha-scale norm --alpha 0.1 (= {0.1 * norm:.4g})"
+    )
+
+
 # A start:stop:step range giving more alphas than this is refused (a sweep runs once per alpha).
 MAX_ALPHAS = 10_000
 
@@ -297,10 +346,12 @@ def interventions_from_directions(
     unit: bool = True,
     positions: str | torch.Tensor = "all",
     n_layers: int | None = None,
+    alpha_scale: str = "abs",
 ) -> list[Intervention]:
     """One intervention per site. ``sites`` is a list, a comma list, or ``all`` (every site of the file
     when ``n_layers`` is not given; else every block's ``hook_resid_post``, which the file must have).
-    ``alpha`` may be a per-site dict (sites missing from it are an error)."""
+    ``alpha`` may be a per-site dict (sites missing from it are an error). ``alpha_scale="norm"``:
+    each site's alpha is a fraction of that site's mean residual norm (:func:`scale_alpha`)."""
     if isinstance(sites, str) and sites.strip() == "all" and n_layers is None:
         names = list(ds.sites)
     elif n_layers is not None:
@@ -331,6 +382,8 @@ def interventions_from_directions(
     out = []
     for s in names:
         a = alpha.get(s, 0.0) if isinstance(alpha, dict) else alpha
+        if op == "add":
+            a = scale_alpha(ds, s, a, alpha_scale, unit=unit)
         out.append(
             Intervention.from_directions(ds, s, op, a, value=value, unit=unit, positions=positions)
         )

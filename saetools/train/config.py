@@ -38,6 +38,7 @@ class TrainConfig:
     lam: float = 1.0
     alpha: float = 1.0
     one_sided: bool = False
+    normalize: bool = False  # directional terms in norm-relative units (regularize.terms)
     lora_rank: int | None = 8
     lora_alpha: float | None = None
     steps: int = 100
@@ -68,13 +69,13 @@ class TrainConfig:
     # fields that may change when a run is resumed
     _RESUMABLE = ("steps", "eval_every")
     # fields newer than some saved runs, with the value those runs had
-    _ADDED_DEFAULTS = {"lam_warmup": 0}
+    _ADDED_DEFAULTS = {"lam_warmup": 0, "normalize": False}
 
     def changed_fields(self, saved: Mapping) -> list[str]:
         """The fields (sorted) in which this config differs from ``saved`` (a run's ``run.json``),
         leaving out those a resumed run may change (``steps``, ``eval_every``)."""
         new = self.to_json()
-        # fields added after a run was saved read as their default (a run without warm-up)
+        # fields added after a run was saved read as their default (no warm-up, unnormalized)
         saved = {**self._ADDED_DEFAULTS, **saved}
         return sorted(
             k
@@ -169,11 +170,25 @@ def build_terms(cfg: TrainConfig, directions=None) -> list:
             terms.append(LDIFS(weight=cfg.lam, on=on))
         elif r == "directional-kl":
             terms.append(
-                DirectionalKL(directions, cfg.sites, weight=cfg.lam, one_sided=cfg.one_sided, on=on)
+                DirectionalKL(
+                    directions,
+                    cfg.sites,
+                    weight=cfg.lam,
+                    one_sided=cfg.one_sided,
+                    on=on,
+                    normalize=cfg.normalize,
+                )
             )
         elif r == "directional-l2":
             terms.append(
-                DirectionalL2(directions, cfg.sites, weight=cfg.lam, one_sided=cfg.one_sided, on=on)
+                DirectionalL2(
+                    directions,
+                    cfg.sites,
+                    weight=cfg.lam,
+                    one_sided=cfg.one_sided,
+                    on=on,
+                    normalize=cfg.normalize,
+                )
             )
         elif r == "steer":
             terms.append(Steer(directions, cfg.sites, alpha=cfg.alpha))
