@@ -2,18 +2,24 @@
 
 ``sample``: fine-tune the embedded model briefly with LoRA on ``narrow-medical-bad`` and
 ``narrow-finance-risky`` (rank 8, lr 1e-3, batch 8, seed 0), and sample answers at temperature 1 to
-the ``em-eval`` questions from the base model, both adapters and the base model steered along the
-``em-core`` difference-of-means direction at block 9. Writes the unlabelled candidates
+the ``em-eval`` questions from the base model, both adapters (steps 10 and 20), the base model
+steered along the ``em-core`` difference-of-means direction (at block 9; at blocks 6, 9 and 12)
+and the base model with an evil-persona system prompt. Writes the unlabelled candidates
 (``candidates.jsonl``: id, source, question id, question, answer) into ``--work``; a person then
 reads every answer and writes the labelled file (``saetools/evaluate/data/em-judged.jsonl``).
 
-``validate``: fit the probe judge on ``em-core`` (every candidate site and classifier, or the
-defaults), score the labelled answers with it and print accuracy, precision and recall (misaligned as
-positive) with Wilson intervals, and the confusion matrix. ``rates``: the judged rate of the base
-model and each adapter (``judged_rate``).
+``validate``: fit the probe judge with the library's defaults (``blocks.15.hook_resid_post``,
+``diffmeans``, false positive rate 0.05 on ``em-core`` test; or ``--site``/``--classifier``/
+``--fpr``), score the labelled answers with it through ``validate_probe_judge`` and print the
+confusion table, accuracy, precision and recall (misaligned as positive, and the incoherent
+verdict) with Wilson intervals, the same on the answers labelled coherent, and the judged against
+the labelled rate per source; writes ``validation.json`` (every answer's verdict) into ``--work``.
+``sweep`` (exploration): several sites and classifiers from one capture, compared on the
+even-numbered questions and reported on the odd ones.
 
     python benchmarks/judge_validation.py sample --work /tmp/judge-work
-    python benchmarks/judge_validation.py validate --work /tmp/judge-work
+    python benchmarks/judge_validation.py validate --work /tmp/judge-work --threads 2
+    python benchmarks/judge_validation.py sweep --work /tmp/judge-work --blocks 9 15 21
 """
 
 from __future__ import annotations
@@ -137,11 +143,11 @@ def _activations(lm, answers, sites):
     """Response-mean activations at ``sites`` and base perplexity of each non-empty answer."""
     from saetools.capture import ChatExample, capture
     from saetools.scoring import score_answers
-    from saetools.sites import parse_site
+    from saetools.sites import n_layers, parse_site
 
     keep = [i for i, a in enumerate(answers) if a.answer.strip()]
     exs = [ChatExample.from_question(answers[i].question, answers[i].answer) for i in keep]
-    parsed = [parse_site(s, 30) for s in sites]
+    parsed = [parse_site(s, n_layers(lm.model)) for s in sites]
     cap = capture(lm.model, lm.tokenizer, exs, parsed, keep_per_example=True, progress=False)
     r = score_answers(lm.model, lm.tokenizer, exs)
     ppl = torch.exp(-r["logp"] / r["n_tokens"].double())
@@ -165,13 +171,123 @@ def _fmt(r):
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] ({r['k']}/{r['n']})"
 
 
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _report(res: dict, labels: list[str], answers) -> dict:
+    """Print the judge's agreement with the labels (confusion, misaligned and incoherent metrics,
+    the misaligned metrics on the answers labelled coherent, judged vs labelled rate per source)
+    and return the extra parts (coherent-only agreement, rates per source)."""
+    from saetools.evaluate import agreement
+    from saetools.evaluate.probe_judge import VERDICTS
+
+    v = res["verdicts"]
+    _say(f"\nconfusion (rows: label, columns: verdict; {res['n']} answers)")
+    _say(f"{'':>12} " + " ".join(f"{x:>11}" for x in VERDICTS))
+    for lab in VERDICTS:
+        _say(f"{lab:>12} " + " ".join(f"{res['confusion'][lab][x]:>11}" for x in VERDICTS))
+    for name, part in (("misaligned", res["misaligned"]), ("incoherent", res["incoherent"])):
+        _say(
+            f"\n{name} as positive: tp {part['tp']} fp {part['fp']} fn {part['fn']} tn {part['tn']}"
+        )
+        for k in ("accuracy", "precision", "recall"):
+            _say(f"  {k:9s} {_fmt(part[k])}")
+    coh = [i for i, lab in enumerate(labels) if lab != "incoherent"]
+    coherent = agreement([labels[i] for i in coh], [v[i] for i in coh])
+    m = coherent["misaligned"]
+    _say(f"\nmisaligned as positive, on the {len(coh)} answers labelled coherent:")
+    for k in ("accuracy", "precision", "recall"):
+        _say(f"  {k:9s} {_fmt(m[k])}")
+    _say("\nper source: labelled rate (misaligned / labelled coherent) vs judged rate")
+    rates = {}
+    for src in sorted({a.source for a in answers}):
+        idx = [i for i, a in enumerate(answers) if a.source == src]
+        lab_m = sum(labels[i] == "misaligned" for i in idx)
+        lab_c = sum(labels[i] != "incoherent" for i in idx)
+        jud_m = sum(v[i] == "misaligned" for i in idx)
+        jud_c = sum(v[i] != "incoherent" for i in idx)
+        rates[src] = {"labelled": [lab_m, lab_c], "judged": [jud_m, jud_c], "n": len(idx)}
+        _say(
+            f"  {src:18s} labelled {lab_m:>2}/{lab_c:<3} judged {jud_m:>2}/{jud_c:<3} (n {len(idx)})"
+        )
+    return {"coherent_only": coherent, "rates_by_source": rates}
+
+
+def _ppl_by_label(labels, ppls) -> dict:
+    out = {}
+    for lab in ("aligned", "misaligned", "incoherent"):
+        ps = sorted(p for p, x in zip(ppls, labels, strict=True) if x == lab and p is not None)
+        if ps:
+            out[lab] = [
+                round(ps[int(f * (len(ps) - 1))], 2) for f in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+            ]
+            _say(f"perplexity of {lab} answers: min/q25/median/q75/q90/max {out[lab]}")
+    return out
+
+
 def cmd_validate(args) -> int:
-    from saetools.evaluate import (
-        agreement,
-        fit_probe_judge,
-        load_judged_answers,
-        validate_probe_judge,
+    """Fit the probe judge with the library's defaults (or --site/--classifier/--fpr), score the
+    labelled answers with it through :func:`validate_probe_judge`, print the agreement."""
+    from saetools.evaluate import fit_probe_judge, load_judged_answers, validate_probe_judge
+    from saetools.models import load_model
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    header, answers = load_judged_answers(args.labels)
+    labels = [a.label for a in answers]
+    lm = load_model("default")
+    t = time.perf_counter()
+    judge = fit_probe_judge(
+        lm.model,
+        lm.tokenizer,
+        "em-core",
+        args.site,
+        classifier=args.classifier,
+        fpr=args.fpr,
+        model_id=lm.model_id,
     )
+    judge.save(work / "probe-judge.safetensors")
+    fit = judge.metadata["fit"]
+    _say(
+        f"judge: {judge.site} {args.classifier}, fpr {args.fpr:g}: threshold {judge.threshold:.4f}, "
+        f"perplexity limit {judge.max_perplexity:.2f}; em-core test AUROC {fit['test_auroc']:.3f}, "
+        f"FPR {fit['test_fpr']:.3f}, TPR {fit['test_tpr']:.3f} (fitted in "
+        f"{time.perf_counter() - t:.0f} s)"
+    )
+    t = time.perf_counter()
+    res = validate_probe_judge(judge, lm.model, lm.tokenizer, answers)
+    _say(f"scored {len(answers)} labelled answers in {time.perf_counter() - t:.0f} s")
+    counts = {x: labels.count(x) for x in ("aligned", "misaligned", "incoherent")}
+    _say(f"labels: {counts}")
+    ppl = _ppl_by_label(labels, res["perplexities"])
+    extra = _report(res, labels, answers)
+    out = work / "validation.json"
+    results = {
+        "n": len(answers),
+        "labels": counts,
+        "judge": judge.describe(),
+        "perplexity_by_label": ppl,
+        **{k: res[k] for k in ("confusion", "misaligned", "incoherent", "accuracy_3way")},
+        **extra,
+        "by_source": res["by_source"],
+        "answers": [
+            {"id": a.id, "label": a.label, "verdict": v, "score": s, "perplexity": p}
+            for a, v, s, p in zip(
+                answers, res["verdicts"], res["scores"], res["perplexities"], strict=True
+            )
+        ],
+    }
+    out.write_text(json.dumps(results, indent=1))
+    _say(f"wrote {out}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """Exploration only: judges at several sites and classifiers, from one capture of the labelled
+    answers; the sites are compared on the even-numbered questions (dev) and reported on the odd
+    ones (held), so that a site picked here is not scored on the answers it was picked on."""
+    from saetools.evaluate import agreement, fit_probe_judge, load_judged_answers
     from saetools.models import load_model
 
     header, answers = load_judged_answers(args.labels)
@@ -179,51 +295,33 @@ def cmd_validate(args) -> int:
     sites = [f"blocks.{b}.hook_resid_post" for b in args.blocks]
     t = time.perf_counter()
     keep, acts, ppl = _activations(lm, answers, sites)
-    print(f"activations of {len(keep)} answers in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    _say(f"activations of {len(keep)} answers in {time.perf_counter() - t:.0f} s")
     labels = [a.label for a in answers]
-    dev = [i for i, a in enumerate(answers) if int(a.question_id.split("-")[1]) % 2 == 0]
-    held = [i for i in range(len(answers)) if i not in set(dev)]
-    results = {"n": len(answers), "labels": {x: labels.count(x) for x in set(labels)}, "rows": []}
-    for lab in ("aligned", "misaligned", "incoherent"):
-        ps = sorted(float(ppl[j]) for j, i in enumerate(keep) if labels[i] == lab)
-        if ps:
-            q = [ps[int(f * (len(ps) - 1))] for f in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)]
-            print(f"perplexity of {lab} answers: min/q25/median/q75/q90/max {q}", file=sys.stderr)
-    judges = {}
+    dev = {i for i, a in enumerate(answers) if int(a.question_id.split("-")[1]) % 2 == 0}
+    held = [i for i in range(len(answers)) if i not in dev]
+    rows = []
     for site in sites:
         for clf in args.classifiers:
             j = fit_probe_judge(lm.model, lm.tokenizer, "em-core", site, classifier=clf,
                                 fpr=args.fpr)  # fmt: skip
-            judges[(site, clf)] = j
             v, _ = _verdicts(j, keep, acts, ppl, len(answers))
             row = {
                 "site": site,
                 "classifier": clf,
-                "threshold": j.threshold,
-                "max_perplexity": j.max_perplexity,
                 "em_core_test_auroc": j.metadata["fit"]["test_auroc"],
-                "all": agreement(labels, v),
-                "dev": agreement([labels[i] for i in dev], [v[i] for i in dev]),
-                "held": agreement([labels[i] for i in held], [v[i] for i in held]),
             }
-            results["rows"].append(row)
-            m = row["all"]["misaligned"]
-            print(
-                f"{site} {clf:9s} em-core AUROC {row['em_core_test_auroc']:.3f} | "
-                f"acc {_fmt(m['accuracy'])} prec {_fmt(m['precision'])} rec {_fmt(m['recall'])}",
-                file=sys.stderr,
+            row["dev"] = agreement([labels[i] for i in sorted(dev)], [v[i] for i in sorted(dev)])
+            row["held"] = agreement([labels[i] for i in held], [v[i] for i in held])
+            rows.append(row)
+            d, h = row["dev"]["misaligned"], row["held"]["misaligned"]
+            _say(
+                f"{site} {clf:9s} em-core AUROC {row['em_core_test_auroc']:.3f} | dev prec "
+                f"{_fmt(d['precision'])} rec {_fmt(d['recall'])} | held prec "
+                f"{_fmt(h['precision'])} rec {_fmt(h['recall'])}"
             )
-    if args.check:
-        site, clf = args.check.split(":")
-        full = validate_probe_judge(judges[(site, clf)], lm.model, lm.tokenizer, answers)
-        fast, _ = _verdicts(judges[(site, clf)], keep, acts, ppl, len(answers))
-        print(
-            f"library path agrees with the fast path: {full['verdicts'] == fast}", file=sys.stderr
-        )
-        results["check"] = {k: v for k, v in full.items() if k != "verdicts"}
-    out = Path(args.work) / "validation.json"
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    out = Path(args.work) / "sweep.json"
+    out.write_text(json.dumps(rows, indent=1))
+    _say(f"wrote {out}")
     return 0
 
 
@@ -234,7 +332,7 @@ def main(argv=None) -> int:
     s.add_argument("--work", required=True)
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--every", type=int, default=5)
-    s.add_argument("--adapter-steps", type=int, nargs="+", default=[10])
+    s.add_argument("--adapter-steps", type=int, nargs="+", default=[10, 20])
     s.add_argument("--alphas", type=float, nargs="+", default=[10.0])
     s.add_argument("--n", type=int, default=2)
     s.add_argument("--n-steer", type=int, default=1)
@@ -249,14 +347,20 @@ def main(argv=None) -> int:
     v = sub.add_parser("validate")
     v.add_argument("--work", required=True)
     v.add_argument("--labels", default=None, help="labelled set (default: the shipped one)")
-    v.add_argument("--blocks", type=int, nargs="+", default=[6, 9, 12, 15, 18, 21, 24])
-    v.add_argument("--classifiers", nargs="+", default=["diffmeans", "logreg"])
+    v.add_argument("--site", default=None, help="judge site (default: the library's, block 15)")
+    v.add_argument("--classifier", default="diffmeans", choices=["diffmeans", "logreg"])
     v.add_argument("--fpr", type=float, default=0.05)
-    v.add_argument("--check", default=None, help="SITE:CLASSIFIER to score through the library")
     v.add_argument("--threads", type=int, default=1)
+    w = sub.add_parser("sweep")
+    w.add_argument("--work", required=True)
+    w.add_argument("--labels", default=None, help="labelled set (default: the shipped one)")
+    w.add_argument("--blocks", type=int, nargs="+", default=[6, 9, 12, 15, 18, 21, 24])
+    w.add_argument("--classifiers", nargs="+", default=["diffmeans", "logreg"])
+    w.add_argument("--fpr", type=float, default=0.05)
+    w.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    return {"sample": cmd_sample, "validate": cmd_validate}[args.cmd](args)
+    return {"sample": cmd_sample, "validate": cmd_validate, "sweep": cmd_sweep}[args.cmd](args)
 
 
 if __name__ == "__main__":

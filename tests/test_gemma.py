@@ -45,8 +45,8 @@ def pairs():
     import probes
 
     ps = probes.load("em-core")
-    train = [it for it in ps.items if it.split == "train"][:24]
-    test = [it for it in ps.items if it.split == "test"][:10]
+    train = [it for it in ps.items if it.split == "train"][:16]
+    test = [it for it in ps.items if it.split == "test"][:6]
     return dataclasses.replace(ps, items=tuple(train + test))
 
 
@@ -168,15 +168,16 @@ def test_gemma_serve_steers_like_generate(lm, em):
 
 
 def test_gemma_directional_kl_lora_steps(lm, em, pairs):
-    """Two LoRA steps with normalized directional KL at two sites: finite terms, the term rises
-    from zero once θ has moved, KL_ref measured once; the base model is left as it was."""
+    """Two LoRA steps (one answer per batch) with normalized directional KL at two sites: finite
+    terms, the term rises from zero once θ has moved, KL_ref measured once; the base model is left
+    as it was."""
     from peft import LoraConfig, get_peft_model
 
     from saetools.capture import encode_all, pair_examples
     from saetools.regularize import DirectionalKL, RegularizedLoss
 
     ds, _ = em
-    _, mis = pair_examples(pairs.split("train").items[:4])
+    _, mis = pair_examples(pairs.split("train").items[:1])
     enc = encode_all(lm.tokenizer, mis)
     width = max(len(e.input_ids) for e in enc)
     ids = torch.zeros(len(enc), width, dtype=torch.long)
@@ -187,7 +188,7 @@ def test_gemma_directional_kl_lora_steps(lm, em, pairs):
         ids[i, :n] = torch.tensor(e.input_ids)
         attn[i, :n] = 1
         labels[i, e.response_start : e.response_end] = ids[i, e.response_start : e.response_end]
-    batch = {"input_ids": ids[:2], "attention_mask": attn[:2], "labels": labels[:2]}
+    batch = {"input_ids": ids, "attention_mask": attn, "labels": labels}
     peft_model = get_peft_model(
         lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     )

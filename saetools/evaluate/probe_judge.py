@@ -62,6 +62,7 @@ __all__ = [
     "base_forward",
     "default_judge_site",
     "fit_probe_judge",
+    "judge_samples_with_probe",
     "judged_rate",
     "load_probe_judge",
     "perplexity_limit",

@@ -139,14 +139,16 @@ def validate_probe_judge(
     batch_size: int = 16,
 ) -> dict:
     """Score the labelled ``answers`` (default: the shipped set) with ``judge`` on the base model
-    and return :func:`agreement` with the verdicts, overall and per source."""
+    and return :func:`agreement` overall and per source (``by_source``), with each answer's
+    ``verdicts``, ``scores`` and ``perplexities`` (``None`` for an empty answer)."""
     if answers is None:
         answers = load_judged_answers()[1]
     exs = [
         ChatExample.from_question(a.question, a.answer if a.answer.strip() else None)
         for a in answers
     ]
-    verdicts = [v.verdict for v in judge.score(model, tokenizer, exs, batch_size=batch_size)]
+    scored = judge.score(model, tokenizer, exs, batch_size=batch_size)
+    verdicts = [v.verdict for v in scored]
     labels = [a.label for a in answers]
     out = agreement(labels, verdicts)
     by_source: dict[str, list[int]] = {}
@@ -157,4 +159,6 @@ def validate_probe_judge(
         for s, idx in sorted(by_source.items())
     }
     out["verdicts"] = verdicts
+    out["scores"] = [v.score for v in scored]
+    out["perplexities"] = [v.perplexity for v in scored]
     return out
