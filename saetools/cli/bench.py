@@ -35,9 +35,10 @@ def register(sub) -> None:
         "defenses",
         help="in-training defenses compared at matched reduction of the general shift",
         description=(
-            "Fine-tune on narrow bad advice and on opswap with each defense (methods × strengths "
-            "× direction variants × seeds); measure the general shift at several checkpoints, the "
-            "in-domain contrast, neutral perplexity and opswap accuracy. Writes results.jsonl, "
+            "Fine-tune on narrow bad advice and on a benign task (nonce-word) with each defense "
+            "(methods × strengths × direction variants × term variants × seeds); measure the "
+            "general shift on two pair sets at several checkpoints, the in-domain contrast, "
+            "neutral perplexity and the benign task's accuracy. Writes results.jsonl, "
             "table.md and defenses.html into --out; finished runs are skipped when run again. "
             "See docs/defenses.md."
         ),
@@ -70,6 +71,7 @@ def add_arguments(p) -> None:
     _grid_arguments(p.add_argument_group("grid"), d)
     _data_arguments(p.add_argument_group("data (probe set names or JSONL paths)"), d)
     _size_arguments(p.add_argument_group("sizes"), d)
+    _judge_arguments(p.add_argument_group("judged misalignment rate (probe judge)"), d)
 
 
 def _grid_arguments(g, d: BenchmarkConfig) -> None:
@@ -108,8 +110,18 @@ def _grid_arguments(g, d: BenchmarkConfig) -> None:
         "--direction-sources",
         type=_csv(),
         default=d.sources,
-        help="em-core (difference of means on the base model), modeldiff (bad-minus-good "
-        "fine-tunes with --dir-seed) or both",
+        help="comma list: em-core, em-transfer (difference of means of each set's train pairs "
+        "on the base model), modeldiff (bad-minus-good fine-tunes with --dir-seed), "
+        "modeldiff-pcaK (their top-K subspace, K 2-8), or sources joined by '+' (stacked and "
+        "orthonormalized, e.g. em-core+modeldiff)",
+    )
+    g.add_argument(
+        "--variants",
+        type=_csv(),
+        default=d.variants,
+        help="term variants of directional-kl and directional-l2, comma list: '-' (plain) or "
+        "options joined by '+' from one-sided, anchor (computed on the safe data instead of the "
+        "training batch), warmupN (λ rises linearly over the first N steps)",
     )
     g.add_argument("--direction-sites", type=_csv(), default=d.site_modes, help="all, one, or both")
     g.add_argument("--site", default=None, help="the site of 'one' (default: the middle block)")
@@ -123,8 +135,15 @@ def _data_arguments(dg, d: BenchmarkConfig) -> None:
     """The data sets of the tasks and of the measures."""
     dg.add_argument("--narrow-data", default=d.narrow_data, help="the narrow bad task")
     dg.add_argument("--good-data", default=d.good_data, help="its good twin (in-domain contrast)")
-    dg.add_argument("--benign-data", default=d.benign_data, help="the benign task (exact match)")
+    dg.add_argument(
+        "--benign-data", default=d.benign_data, help="the benign task (exact match; or opswap)"
+    )
     dg.add_argument("--pairs", default=d.pairs, help="pairs for the general shift (test split)")
+    dg.add_argument(
+        "--transfer-pairs",
+        default=d.transfer_pairs,
+        help="a second pairs set the general shift is also measured on (test split; 'none': off)",
+    )
     dg.add_argument("--neutral", default=d.neutral, help="texts for the perplexity")
     dg.add_argument("--safe-data", default=d.safe_data, help="safe data of interleave")
 
@@ -142,12 +161,17 @@ def _size_arguments(s, d: BenchmarkConfig) -> None:
     s.add_argument("--lr", type=positive_float32, default=d.lr)
     s.add_argument("--lora-rank", type=int, default=d.lora_rank)
     s.add_argument("--max-length", type=int, default=d.max_length)
-    s.add_argument("--eval-pairs", type=_opt_int, default=d.eval_pairs, help="em-core test pairs")
+    s.add_argument(
+        "--eval-pairs", type=_opt_int, default=d.eval_pairs, help="test pairs of each pair set"
+    )
     s.add_argument(
         "--eval-examples", type=_opt_int, default=d.eval_examples, help="held-out narrow items"
     )
     s.add_argument(
-        "--benign-examples", type=_opt_int, default=d.benign_examples, help="opswap test items"
+        "--benign-examples",
+        type=_opt_int,
+        default=d.benign_examples,
+        help="benign test items scored by exact match ('all': every one)",
     )
     s.add_argument("--neutral-texts", type=_opt_int, default=d.neutral_texts)
     s.add_argument(
@@ -170,6 +194,39 @@ def _size_arguments(s, d: BenchmarkConfig) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _judge_arguments(j, d: BenchmarkConfig) -> None:
+    """The probe judge's misaligned-answer rate at the end of each narrow run."""
+    j.add_argument(
+        "--no-judged-rate",
+        action="store_true",
+        help="skip the judged rate (no answers sampled or judged; faster)",
+    )
+    j.add_argument(
+        "--judge-questions",
+        default=d.judge_questions,
+        help="questions the answers are sampled to (temperature 1)",
+    )
+    j.add_argument(
+        "--judge-samples",
+        type=int,
+        default=d.judge_samples,
+        help="answers sampled per question at the end of each narrow run",
+    )
+    j.add_argument(
+        "--judge-max-new-tokens",
+        type=int,
+        default=d.judge_max_new_tokens,
+        help="new tokens per sampled answer",
+    )
+    j.add_argument(
+        "--probe-judge",
+        default=None,
+        metavar="FILE",
+        help="a probe judge file (saetools eval --suite judged-rate writes one); default: one is "
+        "fitted on --pairs with the base model and kept in --out",
+    )
+
+
 def config_from_args(args) -> BenchmarkConfig:
     methods = tuple(args.methods)
     if (args.sae or args.latents) and "sae-latents" not in methods:
@@ -181,6 +238,7 @@ def config_from_args(args) -> BenchmarkConfig:
         tasks=tuple(args.tasks),
         sources=tuple(args.direction_sources),
         site_modes=tuple(args.direction_sites),
+        variants=tuple(args.variants),
         site=args.site,
         model=args.model,
         device=args.device,
@@ -188,6 +246,7 @@ def config_from_args(args) -> BenchmarkConfig:
         good_data=args.good_data,
         benign_data=args.benign_data,
         pairs=args.pairs,
+        transfer_pairs=None if str(args.transfer_pairs).lower() == "none" else args.transfer_pairs,
         neutral=args.neutral,
         safe_data=args.safe_data,
         anchor=args.anchor,
@@ -209,6 +268,11 @@ def config_from_args(args) -> BenchmarkConfig:
         modeldiff_file=args.modeldiff_directions,
         sae=args.sae,
         latents=args.latents,
+        judged_rate=not args.no_judged_rate,
+        judge_questions=args.judge_questions,
+        judge_samples=args.judge_samples,
+        judge_max_new_tokens=args.judge_max_new_tokens,
+        probe_judge=args.probe_judge,
         keep_checkpoints=args.keep_checkpoints,
     )
 

@@ -69,6 +69,13 @@ def register(sub) -> None:
         "--one-sided", action="store_true", help="penalise only shifts toward +direction"
     )
     p.add_argument(
+        "--lam-warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="λ warm-up: loss terms' weights rise linearly over the first N steps (0: off)",
+    )
+    p.add_argument(
         "--normalize",
         action="store_true",
         help="directional-kl / directional-l2 in norm-relative units, so one --lambda pulls alike on "
@@ -158,6 +165,7 @@ def config_from_args(args):
         max_length=args.max_length,
         force=args.force,
         data_options=format_options(args) or None,
+        lam_warmup=args.lam_warmup,
     )
     return cfg
 

@@ -9,7 +9,13 @@ For every method × strength × direction variant × seed, two LoRA fine-tunes (
   the per-token mean log p(misaligned) - log p(aligned); all per-question values kept) and the
   held-out task loss. At the end also the in-domain contrast (bad vs good twin answers on held-out
   items) and the perplexity of neutral text (coherence).
-* ``benign``: fine-tune on ``opswap``; at the end the exact-match accuracy on its test items.
+* ``benign``: fine-tune on a benign task (default ``nonce-word``; ``opswap`` selectable); at the
+  end the exact-match accuracy on its test items, with its Wilson interval.
+
+The general shift is measured on two pair sets: ``em-core`` (``pairs``) and ``em-transfer``
+(``transfer_pairs``), written apart, so that a direction made from one set's train pairs can be
+scored on the other (the transfer table). Directional terms come in variants (one-sided, on anchor
+data, λ warm-up) and with several sources (``em-transfer``, ``modeldiff-pcaK``, stacked ``a+b``).
 
 Direction-based methods (``steer``, ``ablate``, ``directional-kl``, ``directional-l2``) use an
 ``em-core`` difference-of-means file (from the base model) and/or a ``modeldiff`` file (bad-minus-
@@ -17,7 +23,6 @@ good fine-tunes made once per benchmark with ``dir_seed``, never one of the defe
 blocks or one site. Writes ``results.jsonl`` (one row per run and checkpoint), ``table.md`` and
 ``defenses.html`` into the output folder; finished runs are skipped when run again.
 
-See docs/defenses.md. The command line is ``saetools bench defenses`` (or
 Modules, in the order a call uses them:
 
 * ``config``: the grid and sizes: methods and default strengths, :class:`BenchmarkConfig` and its
@@ -31,9 +36,11 @@ Modules, in the order a call uses them:
 * ``run``: one run: its training config, the fine-tune, its measures, its rows.
 * ``pool``: runs in spawned worker processes (``--jobs``), and stopping them on an interruption.
 * ``runner``: ``run_benchmark``, the whole call.
-* ``summary``: the numbers: ``summarize`` (mean ± se over seeds, paired per-question differences,
-  checkpoints) and ``matched`` (measures at matched reduction).
-* ``table``: ``table.md`` from the summary.
+* ``summary``: the numbers: ``summarize`` (mean ± se over seeds, intervals, paired per-question
+  differences, checkpoints).
+* ``matching``: ``matched`` (measures at matched reduction, with per-seed intervals) and
+  ``versus`` (every arm against ``steer`` at matched reduction, paired by seed).
+* ``table``: ``table.md`` from the summary (main, matched, versus-steer, transfer, checkpoints).
 * ``report``: the Pareto figure and ``write_report`` (``table.md`` and ``defenses.html``).
 
 See docs/defenses.md. The command line is ``saetools bench defenses`` (:mod:`saetools.cli.bench`,
@@ -50,18 +57,22 @@ from .config import (
     SITE_MODES,
     SOURCES,
     TASKS,
+    VARIANT_METHODS,
     BenchmarkConfig,
     BenchmarkError,
     Run,
     parse_strengths,
     plan_runs,
+    source_parts,
+    variant_options,
 )
 from .directions import make_directions
 from .folder import load_config
 from .inputs import ModelFactory
+from .matching import MATCH_METRICS, matched, versus
 from .report import PARETO_PANELS, pareto_figure, write_report
 from .runner import run_benchmark
-from .summary import MATCH_METRICS, matched, summarize
+from .summary import summarize
 from .table import TABLE_COLUMNS, table_markdown
 
 __all__ = [
@@ -76,6 +87,10 @@ __all__ = [
     "run_benchmark",
     "matched",
     "summarize",
+    "versus",
+    "source_parts",
+    "variant_options",
+    "VARIANT_METHODS",
     "write_report",
     # public in the single-module version too (not in its __all__)
     "DEFAULT_METHODS",

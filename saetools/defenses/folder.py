@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import OPTIONAL_FIELDS, SIZE_FIELDS, BenchmarkConfig, BenchmarkError
+from .config import LATER_FIELDS, OPTIONAL_FIELDS, SIZE_FIELDS, BenchmarkConfig, BenchmarkError
 
 
 def load_config(out: str | os.PathLike) -> BenchmarkConfig:
@@ -22,7 +22,7 @@ def load_config(out: str | os.PathLike) -> BenchmarkConfig:
     d = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(BenchmarkConfig)}
     d = {k: v for k, v in d.items() if k in names}
-    for k in ("methods", "seeds", "tasks", "sources", "site_modes"):
+    for k in ("methods", "seeds", "tasks", "sources", "site_modes", "variants"):
         if k in d:
             d[k] = tuple(d[k])
     d["strengths"] = {m: tuple(v) for m, v in d.get("strengths", {}).items()}
@@ -50,6 +50,9 @@ def check_folder(out: Path, cfg: BenchmarkConfig) -> None:
     new = cfg.to_json()
     if bench_json.is_file():
         old = json.loads(bench_json.read_text())
+        defaults = BenchmarkConfig().to_json()
+        for k in LATER_FIELDS:
+            old.setdefault(k, defaults[k])
         diff = [
             k
             for k in SIZE_FIELDS

@@ -42,11 +42,14 @@ def limit(xs, n):
     return list(xs)[: n or None]
 
 
-def pairs_test(cfg: BenchmarkConfig):
-    """The pairs of the general shift: ``eval_pairs`` of the test split of ``cfg.pairs``."""
-    ps = probes.load(cfg.pairs)
+def pairs_test(cfg: BenchmarkConfig, name: str | None = None):
+    """The pairs of a general shift: ``eval_pairs`` of the test split of ``name`` (default
+    ``cfg.pairs``; the transfer set ``cfg.transfer_pairs`` is read the same way)."""
+    name = name or cfg.pairs
+    ps = probes.load(name)
     if ps.kind != "pairs":
-        raise BenchmarkError(f"--pairs {cfg.pairs!r} must be a pairs set, not {ps.kind!r}")
+        flag = "--pairs" if name == cfg.pairs else "--transfer-pairs"
+        raise BenchmarkError(f"{flag} {name!r} must be a pairs set, not {ps.kind!r}")
     try:
         ps = ps.split("test")
     except ValueError:
@@ -80,6 +83,7 @@ def shared_inputs(
     neutral = dataclasses.replace(neutral, items=limit(neutral.items, cfg.neutral_texts))
     common = {
         "pairs": pairs_test(cfg),
+        "transfer_pairs": pairs_test(cfg, cfg.transfer_pairs) if cfg.transfer_pairs else None,
         "bad_test": limit(bad, cfg.eval_examples),
         "good_test": limit(good, cfg.eval_examples),
         "neutral": neutral,
@@ -88,17 +92,21 @@ def shared_inputs(
     }
     common["config"]["direction_files"] = dir_files
     common["config"]["device"] = cfg.device
-    common.update(_base_numbers(cfg, todo, common["pairs"], factory))
+    common.update(_base_numbers(cfg, todo, common["pairs"], common["transfer_pairs"], factory))
     return common
 
 
-def _base_numbers(cfg: BenchmarkConfig, todo: Sequence[Run], pairs, factory: ModelFactory) -> dict:
-    """The base model's numbers, once: the contrast the shift is measured against (when a narrow
-    run is to do), and the held-out task loss at step 0 of each task."""
+def _base_numbers(
+    cfg: BenchmarkConfig, todo: Sequence[Run], pairs, transfer, factory: ModelFactory
+) -> dict:
+    """The base model's numbers, once: the contrasts the shifts are measured against (on both
+    pair sets, when a narrow run is to do), and the held-out task loss at step 0 of each task."""
     base_model, base_tok = factory()
-    out: dict = {}
+    out: dict = {"base_contrast_transfer": None}
     if any(r.task == "narrow" for r in todo):
         out["base_contrast"] = pair_contrast(base_model, base_tok, pairs).cpu()
+        if transfer is not None:
+            out["base_contrast_transfer"] = pair_contrast(base_model, base_tok, transfer).cpu()
     out["base_task_loss"] = {}
     for task in sorted({r.task for r in todo}):
         b = task_batches(cfg, task, base_tok)

@@ -13,6 +13,7 @@ from .config import DIRECTION_METHODS, BenchmarkConfig, BenchmarkError, Run, pla
 from .directions import make_directions
 from .folder import append_results, check_folder, read_results, write_config
 from .inputs import ModelFactory, default_factory, shared_inputs
+from .judge import make_probe_judge
 from .pool import check_picklable, run_parallel
 from .report import write_outputs
 from .run import run_one
@@ -56,9 +57,13 @@ def run_benchmark(
     dir_files: dict[str, str] = {}
     if any(r.method in DIRECTION_METHODS for r in runs):
         dir_files = make_directions(cfg, out, factory, say)
+    judge_file = None
+    if cfg.judged_rate and any(r.task == "narrow" for r in todo):
+        judge_file = make_probe_judge(cfg, out, factory, say)
     write_config(out, cfg)
     if todo:
         common = shared_inputs(cfg, todo, dir_files, factory)
+        common["judge_file"] = judge_file
         _run_all(
             cfg,
             todo,

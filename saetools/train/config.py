@@ -62,14 +62,21 @@ class TrainConfig:
     max_length: int = 128
     force: bool = False
     extra: dict = field(default_factory=dict)
+    # λ warm-up: every loss term's weight rises linearly over the first lam_warmup steps
+    # (lam_scale(step, lam_warmup) = min(1, step / lam_warmup)); 0: the full weight from step 1
+    lam_warmup: int = 0
 
     # fields that may change when a run is resumed
     _RESUMABLE = ("steps", "eval_every")
+    # fields newer than some saved runs, with the value those runs had
+    _ADDED_DEFAULTS = {"lam_warmup": 0, "normalize": False}
 
     def changed_fields(self, saved: Mapping) -> list[str]:
         """The fields (sorted) in which this config differs from ``saved`` (a run's ``run.json``),
         leaving out those a resumed run may change (``steps``, ``eval_every``)."""
         new = self.to_json()
+        # fields added after a run was saved read as their default (no warm-up, unnormalized)
+        saved = {**self._ADDED_DEFAULTS, **saved}
         return sorted(
             k
             for k in set(saved) | set(new)
@@ -99,6 +106,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        check_warmup(self.lam_warmup)
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ValueError("lora rank must be >= 1 (or None for a full fine-tune)")
         if "sae-latents" in regs and not (self.sae and self.latents):
@@ -122,6 +130,19 @@ class TrainConfig:
         kw = {k: v for k, v in d.items() if k in names}
         kw["regularizers"] = tuple(kw.get("regularizers", ("none",)))
         return cls(**kw)
+
+
+def check_warmup(steps) -> int:
+    """``lam_warmup`` as an int; refuses anything but an integer >= 0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"lam_warmup must be an integer >= 0 (steps), not {steps!r}")
+    return steps
+
+
+def lam_scale(step: int, warmup: int) -> float:
+    """The factor on every loss term's weight at training step ``step`` (1-based) under a linear
+    λ warm-up over ``warmup`` steps: ``min(1, step / warmup)``; 1 without warm-up."""
+    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
 def parse_regularizers(values: str | Sequence[str] | None) -> tuple[str, ...]:

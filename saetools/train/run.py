@@ -52,7 +52,7 @@ from .checkpoints import (
     save_checkpoint,
     write_json_atomic,
 )
-from .config import TrainConfig, build_terms
+from .config import TrainConfig, build_terms, lam_scale
 from .data import (
     anchor_batches,
     anchor_examples,
@@ -153,6 +153,7 @@ class _Run:
     rank: int = 0  # data parallel: this process's rank and the world size
     world: int = 1
     grad_model: nn.Module | None = None  # the DistributedDataParallel wrapper, when world > 1
+    base_weights: dict[str, float] = field(default_factory=dict)  # loss terms' weights (warm-up)
 
     @property
     def is_main(self) -> bool:
@@ -199,6 +200,7 @@ def _prepare(
         cfg, out, model, tokenizer, reg, optimizer, full, enc_train, pad, exs.pairs, test_batches
     )
     run.rank, run.world, run.grad_model = launch.rank, launch.world_size, grad_model
+    run.base_weights = {t.name: float(t.weight) for t in terms if hasattr(t, "weight")}
     return run
 
 
@@ -260,6 +262,7 @@ def _optimizer_step(run: _Run, step: int) -> dict[str, float]:
     share of the step's examples, weighted by the global token count (times the world size, which
     DDP's gradient averaging divides out); the logs are summed over the ranks."""
     cfg = run.cfg
+    scale = _warm_up(run, step)
     idx = batches_for_step(len(run.train), step, cfg.batch_size, cfg.seed)
     total = sum(_loss_tokens(run.train[i]) for i in idx)
     mine = idx[run.rank :: run.world]
@@ -284,6 +287,8 @@ def _optimizer_step(run: _Run, step: int) -> dict[str, float]:
         vals = torch.tensor(list(logs.values()), dtype=torch.float64)
         torch_distributed().all_reduce(vals)
         logs = dict(zip(logs, vals.tolist(), strict=True))
+    if cfg.lam_warmup:
+        logs["lam_scale"] = scale
     return logs
 
 
@@ -303,6 +308,17 @@ def _evaluate_and_save(run: _Run, step: int, row: dict, scheduled: bool) -> None
             save_checkpoint(run.out, step, run.model, run.optimizer, run.full, keep_optimizer_of=-1)
     if scheduled:
         run.barrier()
+
+
+def _warm_up(run: _Run, step: int) -> float:
+    """Set every loss term's weight to its configured value times :func:`~.config.lam_scale` at
+    ``step`` (the λ warm-up; weights are left as configured without one); returns the factor."""
+    scale = lam_scale(step, run.cfg.lam_warmup)
+    if run.cfg.lam_warmup:
+        for term in run.reg.terms:
+            if term.name in run.base_weights:
+                term.weight = run.base_weights[term.name] * scale
+    return scale
 
 
 def _steps(run: _Run, start: int, end: int, *, progress: bool, on_step) -> dict:
