@@ -164,7 +164,8 @@ def test_steering_beyond_the_magnitude_bound_is_refused_up_front(server):
 def test_a_default_steering_beyond_the_bound_is_refused_at_start_up():
     from saetools.steer import Intervention
 
-    iv = Intervention(SITE, _vec(1), "add", alpha=1e30)  # within float32, beyond --max-steer-magnitude
+    # within float32, beyond --max-steer-magnitude
+    iv = Intervention(SITE, _vec(1), "add", alpha=1e30)
     with pytest.raises(ValueError, match="max-steer-magnitude"):
         ChatServer(new_tiny_model("llama"), make_tiny_tokenizer(), default_steering=[iv])
 

@@ -52,9 +52,7 @@ def _target(module: str, path: Path, node: ast.ImportFrom) -> str | None:
 def _imports(module: str, path: Path):
     """(target module, imported name or None, line, inside a function) for each saetools import."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    funcs = [
-        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
+    funcs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     inner = {id(x) for f in funcs for x in ast.walk(f)}
     for node in ast.walk(tree):
         nested = id(node) in inner
