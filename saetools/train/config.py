@@ -168,20 +168,10 @@ def build_terms(cfg: TrainConfig, directions=None) -> list:
             terms.append(KL(weight=cfg.lam, on=on))
         elif r == "ldifs":
             terms.append(LDIFS(weight=cfg.lam, on=on))
-        elif r == "directional-kl":
+        elif r in ("directional-kl", "directional-l2"):
+            cls = DirectionalKL if r == "directional-kl" else DirectionalL2
             terms.append(
-                DirectionalKL(
-                    directions,
-                    cfg.sites,
-                    weight=cfg.lam,
-                    one_sided=cfg.one_sided,
-                    on=on,
-                    normalize=cfg.normalize,
-                )
-            )
-        elif r == "directional-l2":
-            terms.append(
-                DirectionalL2(
+                cls(
                     directions,
                     cfg.sites,
                     weight=cfg.lam,
