@@ -446,7 +446,8 @@ def test_versus_steer_by_hand():
 
 def test_report_only_on_a_folder_from_before_the_new_columns(tmp_path):
     """docs/results/cpu-opswap (run B, written before the benign accuracy, transfer and variant
-    fields existed) still reports: opswap accuracy read from its old field, blanks where a field is missing."""
+    fields existed) still reports: opswap accuracy read from its old field, blanks where a field
+    is missing."""
     from saetools.defenses import write_report
 
     src = ROOT / "docs" / "results" / "cpu-opswap"
