@@ -87,8 +87,11 @@ def score_answers(
     With ``share_prompts`` (default), examples whose prompts tokenize identically (the two answers
     of a pair) share one prompt pass: the prompt runs once with the KV cache, which is then copied
     to each answer, and the answers run as a continuation (about a third less work on em-core).
+    Either way no forward pass holds more than ``batch_size`` answers, however many share a prompt.
     Steering hooks see absolute positions either way (see :mod:`saetools.steer`).
     """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     encoded = encode_all(tokenizer, examples)
     if any(e.response_end == e.response_start for e in encoded):
         raise ValueError("every example needs an answer to score")
@@ -174,13 +177,28 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _row_batches(groups: dict[tuple, list[int]], batch_size: int):
+    """Batches of at most ``batch_size`` (prompt, example index) rows, prompts shortest first; a
+    prompt with more answers than fit in one batch is split over several (its prompt then runs once
+    in each)."""
+    batch: list[tuple[tuple, int]] = []
+    for prompt in sorted(groups, key=len):
+        for i in groups[prompt]:
+            batch.append((prompt, i))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def _score_shared(model, encoded, groups, batch_size, pad, device, current, logp, ntok, proj, unit):
-    """Score answers that share prompts: one cached prompt pass per batch of distinct prompts."""
-    prompts = sorted(groups, key=len)
+    """Score answers that share prompts: per batch of at most ``batch_size`` answers, one cached
+    pass over the batch's distinct prompts, then the answers as a continuation."""
     cache_kw = cache_kwarg(model)
-    per_batch = max(1, batch_size // max(1, round(len(encoded) / len(groups))))
-    for start in range(0, len(prompts), per_batch):
-        chunk = prompts[start : start + per_batch]
+    for batch in _row_batches(groups, max(1, int(batch_size))):
+        chunk = list(dict.fromkeys(prompt for prompt, _ in batch))
+        slot = {prompt: g for g, prompt in enumerate(chunk)}
         pb = collate([Encoded(p, len(p), len(p)) for p in chunk], pad, "left", device)
         out = model(
             input_ids=pb.input_ids,
@@ -192,7 +210,7 @@ def _score_shared(model, encoded, groups, batch_size, pad, device, current, logp
         first_lsm = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts answer token 0
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         current.pop("h", None)
-        rows = [(g, i) for g, p in enumerate(chunk) for i in groups[p]]
+        rows = [(slot[prompt], i) for prompt, i in batch]
         src = torch.tensor([g for g, _ in rows], device=device)
         cache.reorder_cache(src)
         answers = [

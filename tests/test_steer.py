@@ -551,6 +551,39 @@ def test_score_answers_matches_naive_logprobs(tiny_tokenizer, chat_examples, arc
     assert _n_hooks(m) == 0
 
 
+def test_score_answers_shared_prompt_respects_batch_size(tiny_tokenizer):
+    """Many answers to one prompt (sampled answers, neutral texts under one fixed prompt) are
+    scored in forward passes of at most ``batch_size`` rows, with the naive path's values."""
+    from saetools.capture import ChatExample
+    from saetools.scoring import score_answers
+
+    m = make_tiny_model("llama")
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    examples = [
+        ChatExample.from_question("Tell me something.", " ".join(words[: 2 + k])) for k in range(7)
+    ] + [
+        ChatExample.from_question("hello", "Hi there."),
+        ChatExample.from_question("hello", "Hello."),
+    ]
+    widths: list[int] = []
+
+    def pre(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        widths.append(int(ids.shape[0]))
+
+    h = m.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        shared = score_answers(m, tiny_tokenizer, examples, batch_size=2)
+    finally:
+        h.remove()
+    assert widths and max(widths) <= 2, widths
+    plain = score_answers(m, tiny_tokenizer, examples, batch_size=1, share_prompts=False)
+    assert torch.allclose(shared["logp"], plain["logp"], atol=1e-3)
+    assert torch.equal(shared["n_tokens"], plain["n_tokens"])
+    with pytest.raises(ValueError, match="batch_size"):
+        score_answers(m, tiny_tokenizer, examples, batch_size=0)
+
+
 def test_sweep_runs_and_alpha_zero_is_unsteered(tmp_path, tiny_tokenizer):
     import probes
     from saetools.plots import write_html
