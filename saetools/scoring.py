@@ -92,6 +92,8 @@ def score_answers(
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if (projection_site is None) != (unit is None):
+        raise ValueError("projection_site and unit go together: give both or neither")
     encoded = encode_all(tokenizer, examples)
     if any(e.response_end == e.response_start for e in encoded):
         raise ValueError("every example needs an answer to score")
@@ -107,7 +109,6 @@ def score_answers(
     logp = torch.zeros(n, dtype=torch.float64)
     ntok = torch.zeros(n, dtype=torch.long)
     proj = torch.zeros(n, dtype=torch.float64)
-    order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))
     current: dict = {}
 
     def grab(h: torch.Tensor):
@@ -118,58 +119,62 @@ def score_answers(
     groups: dict[tuple, list[int]] = {}
     for i, e in enumerate(encoded):
         groups.setdefault(tuple(e.input_ids[: e.response_start]), []).append(i)
-    if share_prompts and len(groups) < n:
-        with hooks(model, capture_hooks), torch.no_grad():
-            _score_shared(
-                model,
-                encoded,
-                groups,
-                batch_size,
-                pad,
-                device,
-                current,
-                logp,
-                ntok,
-                proj,
-                unit if projection_site is not None else None,
-            )
-        out = {"logp": logp, "n_tokens": ntok}
-        if projection_site is not None:
-            out["proj"] = proj
-        return out
+    kernel = _score_shared if share_prompts and len(groups) < n else _score_unshared
     with hooks(model, capture_hooks), torch.no_grad():
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            b = collate([encoded[i] for i in idx], pad, "left", device)
-            width = b.input_ids.shape[1]
-            first = int(b.response_mask.float().argmax(-1).min())  # earliest answer column
-            keep = width - first + 1  # logits for columns [first - 1, width)
-            out = model(
-                input_ids=b.input_ids,
-                attention_mask=b.attention_mask,
-                position_ids=b.position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-            )
-            logits = out.logits.float()  # [b, keep, V]: column c predicts token c + 1
-            lsm = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = b.input_ids[:, width - keep + 1 :]
-            tok_lp = lsm.gather(-1, targets[..., None])[..., 0]
-            mask = b.response_mask[:, width - keep + 1 :]
-            lp = (tok_lp * mask).sum(-1).double().cpu()
-            cnt = mask.sum(-1).cpu()
-            if projection_site is not None:
-                p = current.pop("h").float() @ unit.to(device).float()
-                pm = (p * b.response_mask).sum(-1) / b.response_mask.sum(-1)
-            for row, i in enumerate(idx):
-                logp[i] = lp[row]
-                ntok[i] = cnt[row]
-                if projection_site is not None:
-                    proj[i] = float(pm[row])
+        kernel(
+            model,
+            encoded,
+            groups,
+            batch_size,
+            pad,
+            device,
+            current,
+            logp,
+            ntok,
+            proj,
+            unit if projection_site is not None else None,
+        )
     out = {"logp": logp, "n_tokens": ntok}
     if projection_site is not None:
         out["proj"] = proj
     return out
+
+
+def _score_unshared(
+    model, encoded, groups, batch_size, pad, device, current, logp, ntok, proj, unit
+):
+    """Score every example in full (prompt and answer), ``batch_size`` at a time, shortest first;
+    logits only for the columns that predict answer tokens. ``groups`` is unused (same signature
+    as :func:`_score_shared`)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([encoded[i] for i in idx], pad, "left", device)
+        width = b.input_ids.shape[1]
+        first = int(b.response_mask.float().argmax(-1).min())  # earliest answer column
+        keep = width - first + 1  # logits for columns [first - 1, width)
+        out = model(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            position_ids=b.position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
+        )
+        logits = out.logits.float()  # [b, keep, V]: column c predicts token c + 1
+        lsm = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = b.input_ids[:, width - keep + 1 :]
+        tok_lp = lsm.gather(-1, targets[..., None])[..., 0]
+        mask = b.response_mask[:, width - keep + 1 :]
+        lp = (tok_lp * mask).sum(-1).double().cpu()
+        cnt = mask.sum(-1).cpu()
+        if unit is not None:
+            p = current.pop("h").float() @ unit.to(device).float()
+            pm = ((p * b.response_mask).sum(-1) / b.response_mask.sum(-1)).cpu()
+        for row, i in enumerate(idx):
+            logp[i] = lp[row]
+            ntok[i] = cnt[row]
+            if unit is not None:
+                proj[i] = float(pm[row])
 
 
 def cache_kwarg(model: nn.Module) -> str:

@@ -582,6 +582,8 @@ def test_score_answers_shared_prompt_respects_batch_size(tiny_tokenizer):
     assert torch.equal(shared["n_tokens"], plain["n_tokens"])
     with pytest.raises(ValueError, match="batch_size"):
         score_answers(m, tiny_tokenizer, examples, batch_size=0)
+    with pytest.raises(ValueError, match="go together"):
+        score_answers(m, tiny_tokenizer, examples, projection_site=Site.make(1, "resid_post"))
 
 
 def test_sweep_runs_and_alpha_zero_is_unsteered(tmp_path, tiny_tokenizer):
