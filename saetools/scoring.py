@@ -132,7 +132,7 @@ def score_answers(
             logp,
             ntok,
             proj,
-            unit if projection_site is not None else None,
+            unit,
         )
     out = {"logp": logp, "n_tokens": ntok}
     if projection_site is not None:
@@ -201,7 +201,7 @@ def _score_shared(model, encoded, groups, batch_size, pad, device, current, logp
     """Score answers that share prompts: per batch of at most ``batch_size`` answers, one cached
     pass over the batch's distinct prompts, then the answers as a continuation."""
     cache_kw = cache_kwarg(model)
-    for batch in _row_batches(groups, max(1, int(batch_size))):
+    for batch in _row_batches(groups, int(batch_size)):
         chunk = list(dict.fromkeys(prompt for prompt, _ in batch))
         slot = {prompt: g for g, prompt in enumerate(chunk)}
         pb = collate([Encoded(p, len(p), len(p)) for p in chunk], pad, "left", device)
